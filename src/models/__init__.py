@@ -1,0 +1,1 @@
+"""Models: backbones, the counting network, losses, metrics and the LightningModule."""

@@ -1,0 +1,106 @@
+"""Torchvision backbones by name, split into a pooled feature extractor and a new count head.
+
+Keeping the two apart lets a frozen backbone's features be cached (train the head alone) and
+lets the serving path rebuild the exact network from a small config without Lightning or Hydra.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+# name -> (attribute holding the ImageNet classifier, ordered names of its feature stages)
+BACKBONES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "resnet18": ("fc", ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")),
+    "resnet34": ("fc", ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")),
+    "resnet50": ("fc", ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")),
+    "mobilenet_v2": ("classifier", tuple(f"features.{i}" for i in range(19))),
+    "mobilenet_v3_large": ("classifier", tuple(f"features.{i}" for i in range(17))),
+    "efficientnet_b0": ("classifier", tuple(f"features.{i}" for i in range(9))),
+}
+
+
+def _imagenet_classifier_in_features(model: nn.Module, attr: str) -> int:
+    head = getattr(model, attr)
+    linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+    return linears[0].in_features
+
+
+def _load_weights(model: nn.Module, name: str, weights: str | None) -> None:
+    """``weights`` is None (random init), a torchvision weights name, or a local file."""
+    if weights is None:
+        return
+    path = Path(str(weights)).expanduser()
+    if path.suffix in (".pth", ".pt", ".ckpt") or path.exists():
+        if not path.is_file():
+            raise FileNotFoundError(f"Backbone weights file {path} not found (model.weights)")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state)
+        model.load_state_dict(state)
+        log.info("Loaded %s weights from %s", name, path)
+        return
+    enum = torchvision.models.get_model_weights(name)
+    try:
+        choice = enum[weights] if weights != "DEFAULT" else enum.DEFAULT
+    except KeyError:
+        valid = ", ".join(["DEFAULT"] + [w.name for w in enum])
+        raise ValueError(f"Unknown weights {weights!r} for {name}; valid: {valid}, null or a file path") from None
+    # Downloads to $TORCH_HOME/hub/checkpoints on first use (a file already there is used offline).
+    model.load_state_dict(choice.get_state_dict(progress=False, check_hash=True))
+
+
+class CountNet(nn.Module):
+    """Backbone (image -> pooled features) + head (features -> count logits)."""
+
+    def __init__(
+        self,
+        name: str = "resnet50",
+        weights: str | None = None,
+        num_classes: int = 6,
+        dropout: float = 0.0,
+        freeze_backbone: bool = False,
+        trainable_stages: int = 0,
+    ):
+        super().__init__()
+        if name not in BACKBONES:
+            raise ValueError(f"Unknown model name {name!r}; valid: {', '.join(sorted(BACKBONES))}")
+        classifier_attr, self.stages = BACKBONES[name]
+        model = torchvision.models.get_model(name, weights=None)
+        _load_weights(model, name, weights)
+        self.feature_dim = _imagenet_classifier_in_features(model, classifier_attr)
+        setattr(model, classifier_attr, nn.Identity())
+        self.backbone = model
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.feature_dim, num_classes))
+        self.freeze_backbone = freeze_backbone
+        self.trainable_stages = trainable_stages
+        if freeze_backbone:
+            self._freeze(trainable_stages)
+
+    def _freeze(self, trainable_stages: int) -> None:
+        """Freeze the backbone except its last ``trainable_stages`` stages (0: all frozen)."""
+        self.backbone.requires_grad_(False)
+        for stage in self.stages[len(self.stages) - trainable_stages:] if trainable_stages else ():
+            self.backbone.get_submodule(stage).requires_grad_(True)
+
+    @property
+    def fully_frozen(self) -> bool:
+        return self.freeze_backbone and self.trainable_stages == 0
+
+    def train(self, mode: bool = True) -> "CountNet":
+        super().train(mode)
+        if self.fully_frozen:
+            # A frozen backbone keeps its ImageNet BatchNorm statistics and no dropout.
+            self.backbone.eval()
+        return self
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))

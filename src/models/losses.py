@@ -1,0 +1,62 @@
+"""Class re-weighting and the count loss."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+WEIGHT_SCHEMES = ("none", "inverse", "sqrt_inverse")
+
+
+def class_weights(counts: torch.Tensor, scheme: str = "none") -> torch.Tensor | None:
+    """Per-class loss weights from training-set class counts, normalised to mean 1.
+
+    ``inverse`` is 1/n_c (the capstone's), ``sqrt_inverse`` a gentler 1/sqrt(n_c). A class with no
+    training images gets weight 0: it contributes no loss either way.
+    """
+    if scheme == "none":
+        return None
+    if scheme not in WEIGHT_SCHEMES:
+        raise ValueError(f"Unknown class weighting {scheme!r}; valid: {', '.join(WEIGHT_SCHEMES)}")
+    counts = counts.double()
+    weights = torch.where(counts > 0, 1.0 / counts.clamp(min=1), torch.zeros_like(counts))
+    if scheme == "sqrt_inverse":
+        weights = weights.sqrt()
+    present = counts > 0
+    return (weights / weights[present].mean()).float()
+
+
+class CountLoss(nn.Module):
+    """Cross-entropy (optionally class-weighted, label-smoothed) plus an optional term that knows
+    counts are ordered: ``distance_weight`` * squared distance between the expected count
+    sum(k * p_k) and the true count, so predicting 4 for a 5 costs less than predicting 0."""
+
+    def __init__(
+        self,
+        num_classes: int = 6,
+        weighting: str = "none",
+        label_smoothing: float = 0.0,
+        distance_weight: float = 0.0,
+    ):
+        super().__init__()
+        if weighting not in WEIGHT_SCHEMES:
+            raise ValueError(f"Unknown class weighting {weighting!r}; valid: {', '.join(WEIGHT_SCHEMES)}")
+        self.weighting = weighting
+        self.label_smoothing = label_smoothing
+        self.distance_weight = distance_weight
+        self.register_buffer("weight", torch.ones(num_classes))
+
+    def set_class_counts(self, counts: torch.Tensor) -> None:
+        weights = class_weights(counts, self.weighting)
+        if weights is not None:
+            self.weight.copy_(weights)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        weight = self.weight if self.weighting != "none" else None
+        loss = F.cross_entropy(logits, target, weight=weight, label_smoothing=self.label_smoothing)
+        if self.distance_weight:
+            ks = torch.arange(logits.shape[-1], device=logits.device, dtype=logits.dtype)
+            expected = (logits.softmax(-1) * ks).sum(-1)
+            loss = loss + self.distance_weight * F.mse_loss(expected, target.to(logits.dtype))
+        return loss

@@ -1,0 +1,122 @@
+"""The LightningModule: a CountNet trained with a count loss, evaluated with count metrics."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torchmetrics import MaxMetric, MeanMetric
+
+from src.models.backbones import CountNet
+from src.models.counting import predict_counts
+from src.models.losses import CountLoss
+from src.models.metrics import CountMetrics
+
+log = logging.getLogger(__name__)
+
+STAGES = ("train", "val", "test")
+
+
+class BinCounter(pl.LightningModule):
+    """Counts objects in a bin image as a 6-way classification (0..5).
+
+    ``optimizer`` and ``scheduler`` arrive as partials (Hydra ``_partial_: true``) and are completed
+    here with the trainable parameters. The loss's class weights come from the datamodule's
+    training-split class counts at fit time and are saved with the checkpoint.
+    """
+
+    def __init__(
+        self,
+        net: CountNet,
+        criterion: CountLoss,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        scheduler_monitor: str = "val/loss",
+        decision_rule: str = "argmax",
+        channels_last: bool = False,
+    ):
+        super().__init__()
+        self.save_hyperparameters(logger=False, ignore=["net", "criterion"])
+        self.net = net
+        self.criterion = criterion
+        self.losses = nn.ModuleDict({s: MeanMetric() for s in STAGES})
+        self.metrics = nn.ModuleDict({s: CountMetrics(net.head[-1].out_features) for s in STAGES})
+        self.val_acc_best = MaxMetric()
+        self.test_outputs: dict[str, float] = {}
+
+    @property
+    def num_classes(self) -> int:
+        return self.net.head[-1].out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.criterion.weighting != "none":
+            datamodule = getattr(self.trainer, "datamodule", None)
+            if datamodule is None or not hasattr(datamodule, "class_counts"):
+                raise RuntimeError("Class-weighted loss needs a datamodule that reports class_counts")
+            self.criterion.set_class_counts(datamodule.class_counts)
+            log.info("Loss class weights: %s", [round(w, 3) for w in self.criterion.weight.tolist()])
+        if self.hparams.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+
+    def on_train_start(self) -> None:
+        self.val_acc_best.reset()  # a resumed or re-fitted run starts its own record
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+        x, y = batch
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        logits = self(x)
+        loss = self.criterion(logits, y)
+        preds = predict_counts(logits.softmax(-1), self.hparams.decision_rule)
+        self.losses[stage].update(loss.detach(), weight=len(y))
+        self.metrics[stage].update(preds, y)
+        self.log(f"{stage}/loss", self.losses[stage], on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def _log_epoch_metrics(self, stage: str) -> dict[str, float]:
+        values = self.metrics[stage].compute()
+        self.metrics[stage].reset()
+        values.pop("n", None)
+        main = {"acc", "rmse"}
+        for name, value in values.items():
+            self.log(f"{stage}/{name}", value, prog_bar=name in main, sync_dist=False)
+        return values
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        values = self._log_epoch_metrics("val")
+        if self.trainer.sanity_checking:
+            return
+        self.val_acc_best.update(torch.tensor(values["acc"]))
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.hparams.optimizer(params=params)
+        if self.hparams.scheduler is None:
+            return {"optimizer": optimizer}
+        scheduler = self.hparams.scheduler(optimizer=optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "monitor": self.hparams.scheduler_monitor, "interval": "epoch"},
+        }

@@ -1,0 +1,1 @@
+"""Training: the Hydra-driven pipeline and the training-health callback."""

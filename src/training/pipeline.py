@@ -1,0 +1,55 @@
+"""train(cfg): everything ``python train.py`` does, callable from the SageMaker entry shim too."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from src.training.health import TrainingHealth
+from src.utils.config import instantiate_group, write_metrics
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fit, test the best checkpoint, write ``metrics.json``. Returns (metrics, objects)."""
+    pl.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+
+    datamodule: pl.LightningDataModule = instantiate(cfg.data)
+    model: pl.LightningModule = instantiate(cfg.model)
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    metrics: dict[str, Any] = {}
+    if cfg.get("train", True):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        metrics.update(trainer.callback_metrics)
+
+    if cfg.get("test", True):
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if not best:
+            log.warning("No best checkpoint saved: testing the current weights")
+        # ckpt_path=None tests the weights in memory (fast_dev_run, or no checkpoint callback).
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+        metrics.update(trainer.callback_metrics)
+        if best:
+            metrics["best_ckpt"] = best
+
+    for cb in callbacks:
+        if isinstance(cb, TrainingHealth):
+            metrics.update(cb.summary())
+    if trainer.is_global_zero:
+        path = write_metrics(metrics, output_dir / "metrics.json")
+        log.info("Metrics written to %s", path)
+    objects = {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer, "callbacks": callbacks}
+    return metrics, objects

@@ -1,0 +1,118 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from src.training.pipeline import train
+from tests.conftest import ROOT, TINY
+
+
+def run_train(args: list[str], cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "train.py", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_fast_dev_run_writes_metrics(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("debug=fdr")
+    metrics, _ = train(cfg)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert {"train/loss", "val/loss", "test/acc", "test/rmse", "test/loss"} <= saved.keys()
+    assert 0.0 <= saved["test/acc"] <= 1.0
+
+
+def test_overfits_a_few_batches(tiny_cfg):
+    cfg = tiny_cfg(
+        "debug=overfit", "trainer.max_epochs=40", "model.optimizer.lr=0.01", "model.scheduler=null",
+        "test=false", "callbacks.model_checkpoint=null",
+    )
+    metrics, _ = train(cfg)
+    assert metrics["train/loss"] < 0.05
+    assert metrics["train/acc"] == 1.0
+
+
+def test_learns_well_above_chance(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("trainer.max_epochs=6", "model.optimizer.lr=0.05", "data.batch_size=32")
+    metrics, objects = train(cfg)
+    assert metrics["val/acc_best"] > 0.40, metrics  # chance is 1/6
+    assert Path(metrics["best_ckpt"]).is_file()
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["test/acc"] > 1 / 6 + 0.1
+    assert {f"test/acc_class_{c}" for c in range(6)} <= saved.keys()
+    assert objects["model"].criterion.weighting == "none"
+
+
+def test_resume_from_last_checkpoint(tiny_cfg, tmp_path):
+    first, _ = train(tiny_cfg("trainer.max_epochs=1", "test=false"))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 0
+    second, objects = train(tiny_cfg("trainer.max_epochs=2", "test=false", f"ckpt_path={last}"))
+    assert objects["trainer"].current_epoch == 2
+    assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 1
+
+
+def test_class_weighted_loss_uses_training_counts(tiny_cfg):
+    cfg = tiny_cfg("debug=fdr", "model.criterion.weighting=inverse")
+    _, objects = train(cfg)
+    counts = objects["datamodule"].class_counts.double()
+    weights = objects["model"].criterion.weight.double()
+    assert torch.allclose(weights * counts, (weights * counts)[0].expand(6), rtol=1e-5)
+
+
+def test_health_callback_flags_stalled_metric(tiny_cfg):
+    cfg = tiny_cfg(
+        "trainer.max_epochs=3", "model.optimizer.lr=0.0", "callbacks.training_health.patience=1",
+        "callbacks.early_stopping=null", "test=false", "trainer.limit_train_batches=2",
+    )
+    metrics, _ = train(cfg)
+    assert metrics.get("health/overtraining") is True
+    assert any("has not improved" in m for m in metrics["health/messages"])
+
+
+def test_unknown_model_name_lists_valid_ones(tiny_cfg):
+    cfg = tiny_cfg("model.net.name=resnet51")
+    with pytest.raises(Exception) as err:
+        instantiate(cfg.model)
+    assert "resnet51" in str(err.value) and "mobilenet_v2" in str(err.value)
+
+
+def test_config_typo_is_rejected_with_the_key():
+    out = run_train(["data.subsett=0.1", "--cfg", "job"])
+    assert out.returncode != 0
+    assert "subsett" in out.stderr
+
+
+def test_card_command_composes():
+    out = run_train(["--cfg", "job", "model=resnet50", "data.subset=0.1"])
+    assert out.returncode == 0, out.stderr
+    assert "subset: 0.1" in out.stdout and "name: resnet50" in out.stdout
+
+
+def test_multirun_two_jobs(synthetic_dir, tmp_path):
+    args = [a for a in TINY] + [
+        f"data.data_dir={synthetic_dir}", "debug=fdr", f"hydra.sweep.dir={tmp_path}",
+        "model.optimizer.lr=0.01,0.001", "-m",
+    ]
+    out = run_train(args)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = sorted(tmp_path.glob("*/metrics.json"))
+    assert len(results) == 2
+
+
+def test_optuna_sweep_two_trials(synthetic_dir, tmp_path):
+    args = [a for a in TINY] + [
+        f"data.data_dir={synthetic_dir}", "debug=fdr", "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path}", "optimized_metric=val/acc",
+    ]
+    out = run_train(args)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert len(list(tmp_path.glob("*/metrics.json"))) == 2
+    best = (tmp_path / "optimization_results.yaml").read_text()
+    assert "best_params" in best and "model.optimizer.lr" in best
