@@ -29,7 +29,7 @@ def test_fast_dev_run_writes_metrics(tiny_cfg, tmp_path):
 
 def test_overfits_a_few_batches(tiny_cfg):
     cfg = tiny_cfg(
-        "debug=overfit", "trainer.max_epochs=40", "model.optimizer.lr=0.01", "model.scheduler=null",
+        "debug=overfit", "trainer.max_epochs=15", "model.optimizer.lr=0.02", "model.scheduler=null",
         "test=false", "callbacks.model_checkpoint=null",
     )
     metrics, _ = train(cfg)

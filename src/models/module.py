@@ -39,11 +39,15 @@ class BinCounter(pl.LightningModule):
         channels_last: bool = False,
     ):
         super().__init__()
-        self.save_hyperparameters(logger=False, ignore=["net", "criterion"])
+        # Checkpoints hold plain values only, so they load with torch.load(weights_only=True).
+        self.save_hyperparameters(logger=False, ignore=["net", "criterion", "optimizer", "scheduler"])
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
         self.net = net
         self.criterion = criterion
-        self.losses = nn.ModuleDict({s: MeanMetric() for s in STAGES})
-        self.metrics = nn.ModuleDict({s: CountMetrics(net.head[-1].out_features) for s in STAGES})
+        # ModuleDict keys may not shadow Module attributes such as .train, hence the suffixes.
+        self.losses = nn.ModuleDict({f"{s}_loss": MeanMetric() for s in STAGES})
+        self.metrics = nn.ModuleDict({f"{s}_metrics": CountMetrics(net.head[-1].out_features) for s in STAGES})
         self.val_acc_best = MaxMetric()
         self.test_outputs: dict[str, float] = {}
 
@@ -74,9 +78,9 @@ class BinCounter(pl.LightningModule):
         logits = self(x)
         loss = self.criterion(logits, y)
         preds = predict_counts(logits.softmax(-1), self.hparams.decision_rule)
-        self.losses[stage].update(loss.detach(), weight=len(y))
-        self.metrics[stage].update(preds, y)
-        self.log(f"{stage}/loss", self.losses[stage], on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.losses[f"{stage}_loss"].update(loss.detach(), weight=len(y))
+        self.metrics[f"{stage}_metrics"].update(preds, y)
+        self.log(f"{stage}/loss", self.losses[f"{stage}_loss"], on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
         return loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -89,8 +93,8 @@ class BinCounter(pl.LightningModule):
         self._step(batch, "test")
 
     def _log_epoch_metrics(self, stage: str) -> dict[str, float]:
-        values = self.metrics[stage].compute()
-        self.metrics[stage].reset()
+        values = self.metrics[f"{stage}_metrics"].compute()
+        self.metrics[f"{stage}_metrics"].reset()
         values.pop("n", None)
         main = {"acc", "rmse"}
         for name, value in values.items():
@@ -112,10 +116,10 @@ class BinCounter(pl.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.hparams.optimizer(params=params)
-        if self.hparams.scheduler is None:
+        optimizer = self.optimizer_factory(params=params)
+        if self.scheduler_factory is None:
             return {"optimizer": optimizer}
-        scheduler = self.hparams.scheduler(optimizer=optimizer)
+        scheduler = self.scheduler_factory(optimizer=optimizer)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "monitor": self.hparams.scheduler_monitor, "interval": "epoch"},
