@@ -116,3 +116,17 @@ def test_optuna_sweep_two_trials(synthetic_dir, tmp_path):
     assert len(list(tmp_path.glob("*/metrics.json"))) == 2
     best = (tmp_path / "optimization_results.yaml").read_text()
     assert "best_params" in best and "model.optimizer.lr" in best
+
+
+def test_two_process_ddp_on_cpu_writes_one_set_of_outputs(synthetic_dir, tmp_path):
+    """Lightning DDP, 2 CPU processes over gloo (what trainer=ddp does across GPUs or nodes)."""
+    args = [a for a in TINY if not a.startswith("trainer=")] + [
+        f"data.data_dir={synthetic_dir}", "trainer=ddp_sim", f"hydra.run.dir={tmp_path}",
+    ]
+    out = run_train(args)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "All distributed processes registered. Starting with 2 processes" in out.stdout + out.stderr
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert "test/acc" in saved and "val/acc_best" in saved
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch_000.ckpt", "last.ckpt"]
+    assert not list(tmp_path.glob(".pl_hydra_rank_*"))  # the second rank wrote no run folder of its own

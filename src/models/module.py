@@ -48,7 +48,7 @@ class BinCounter(pl.LightningModule):
         # ModuleDict keys may not shadow Module attributes such as .train, hence the suffixes.
         self.losses = nn.ModuleDict({f"{s}_loss": MeanMetric() for s in STAGES})
         self.metrics = nn.ModuleDict({f"{s}_metrics": CountMetrics(net.head[-1].out_features) for s in STAGES})
-        self.val_acc_best = MaxMetric()
+        self.val_acc_best = MaxMetric(sync_on_compute=False)  # fed already-synced values
         self.test_outputs: dict[str, float] = {}
 
     @property
@@ -80,7 +80,6 @@ class BinCounter(pl.LightningModule):
         preds = predict_counts(logits.softmax(-1), self.hparams.decision_rule)
         self.losses[f"{stage}_loss"].update(loss.detach(), weight=len(y))
         self.metrics[f"{stage}_metrics"].update(preds, y)
-        self.log(f"{stage}/loss", self.losses[f"{stage}_loss"], on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
         return loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -93,10 +92,15 @@ class BinCounter(pl.LightningModule):
         self._step(batch, "test")
 
     def _log_epoch_metrics(self, stage: str) -> dict[str, float]:
+        # Metrics are synced here, explicitly and in the same order on every rank. Logging metric
+        # objects instead would sync lazily whenever someone reads them, e.g. the progress bar,
+        # which only rank 0 has: mismatched collectives and a hung or crashed DDP run.
         values = self.metrics[f"{stage}_metrics"].compute()
+        values["loss"] = self.losses[f"{stage}_loss"].compute().item()
         self.metrics[f"{stage}_metrics"].reset()
+        self.losses[f"{stage}_loss"].reset()
         values.pop("n", None)
-        main = {"acc", "rmse"}
+        main = {"acc", "rmse", "loss"}
         for name, value in values.items():
             self.log(f"{stage}/{name}", value, prog_bar=name in main, sync_dist=False)
         return values
