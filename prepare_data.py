@@ -18,12 +18,14 @@ SETTINGS = (
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="prepare")
 def main(cfg: DictConfig) -> None:
+    from botocore.exceptions import BotoCoreError, ClientError
+
     from src.data.prepare import NothingUsable, prepare
 
-    kwargs = {k: OmegaConf.to_container(cfg, resolve=True)[k] for k in SETTINGS}
+    settings = OmegaConf.to_container(cfg, resolve=True)
     try:
-        prepare(**kwargs)
-    except (NothingUsable, FileNotFoundError, ValueError) as err:
+        prepare(**{k: settings[k] for k in SETTINGS})
+    except (NothingUsable, FileNotFoundError, ValueError, BotoCoreError, ClientError) as err:
         log.error("%s", err)
         sys.exit(f"prepare_data: {err}")
 
