@@ -45,7 +45,6 @@ from src.data.storage import LocalStore, Missing, open_store, read_uri
 
 log = logging.getLogger(__name__)
 
-OUTPUT_FILES = ("manifest.json", "splits.csv", "stats.json", "rejects.csv", "class_distribution.png", "prepare.json")
 # Settings baked into the stored images: a rerun with other values would mix two datasets.
 LOCKED_SETTINGS = ("seed", "fractions", "resize", "jpeg_quality")
 
@@ -222,6 +221,24 @@ def plot_distribution(stats: Mapping[str, Any]) -> bytes:
     return buf.getvalue()
 
 
+def summary_files(report: Report, stats: Mapping[str, Any], plot: bool = True) -> dict[str, bytes]:
+    """The non-image outputs, as bytes: manifest, splits, stats, rejects and the class plot."""
+    manifest: dict[str, dict[str, list[str]]] = {s: {} for s in SPLITS}
+    for name, (count, split) in sorted(report.dataset.items()):
+        manifest[split].setdefault(str(count), []).append(name)
+    manifest = {s: dict(sorted(m.items(), key=lambda kv: int(kv[0]))) for s, m in manifest.items()}
+    rows = ((name, count, split) for name, (count, split) in sorted(report.dataset.items()))
+    files = {
+        "manifest.json": _json(manifest),
+        "splits.csv": _csv(["name", "count", "split"], rows),
+        "stats.json": _json(stats),
+        "rejects.csv": _csv(["name", "reason", "detail"], report.rejects),
+    }
+    if plot and report.dataset:
+        files["class_distribution.png"] = plot_distribution(stats)
+    return files
+
+
 def _write_if_changed(output, key: str, data: bytes) -> bool:
     try:
         if output.read(key) == data:
@@ -349,19 +366,7 @@ def prepare(
     if not dry_run:
         for key in report.pruned:
             out.delete(key)
-        manifest = {s: {} for s in SPLITS}
-        for name, (count, split) in sorted(report.dataset.items()):
-            manifest[split].setdefault(str(count), []).append(name)
-        manifest = {s: dict(sorted(m.items(), key=lambda kv: int(kv[0]))) for s, m in manifest.items()}
-        files = {
-            "manifest.json": _json(manifest),
-            "splits.csv": _csv(["name", "count", "split"], ((n, c, s) for n, (c, s) in sorted(report.dataset.items()))),
-            "stats.json": _json(stats),
-            "rejects.csv": _csv(["name", "reason", "detail"], rejects),
-        }
-        if plot and report.dataset:
-            files["class_distribution.png"] = plot_distribution(stats)
-        for key, data in files.items():
+        for key, data in summary_files(report, stats, plot).items():
             _write_if_changed(out, key, data)
     report.seconds = time.perf_counter() - start
 
