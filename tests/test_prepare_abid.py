@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -103,3 +107,34 @@ def test_full_sample_prepares_resumes_and_keeps_splits_when_grown(shared_abid, t
 
     again = prepare(source=str(shared_abid), output=str(out), progress=False)
     assert again.written == 0 and again.existing == len(small)
+
+
+def test_killed_run_leaves_only_whole_images_and_resumes(shared_abid, tmp_path):
+    """SIGKILL the CLI mid-run: every image already in place is complete; a rerun finishes the rest."""
+    with open(shared_abid / "index.csv", newline="") as f:
+        originals = [r["name"] for r in csv.DictReader(f) if r["resized_224"] == "0"]  # the big files
+    ids = tmp_path / "originals.txt"
+    ids.write_text("\n".join(originals) + "\n")
+    out = tmp_path / "out"
+    root = Path(__file__).resolve().parents[1]
+    cmd = [
+        sys.executable, str(root / "prepare_data.py"), f"source={shared_abid}", f"output={out}", f"ids={ids}",
+        "max_count=1000", "workers=2", "progress=false", f"hydra.run.dir={tmp_path}/hydra",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(root)})
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(out.glob("*/*/*.jpg"))) < 30 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait()
+    done_before = {p.stem: p.read_bytes() for p in out.glob("*/*/*.jpg")}
+    assert 30 <= len(done_before) < len(originals), "the run was not interrupted midway"
+    for name, data in done_before.items():
+        assert data == (shared_abid / "bin-images" / f"{name}.jpg").read_bytes()
+
+    report = prepare(source=str(shared_abid), output=str(out), ids=str(ids), max_count=1000, progress=False)
+    assert report.written == len(originals) - len(done_before) and report.existing == len(done_before)
+    assert not list(out.rglob("*.tmp-*"))
+    assert {p.stem for p in out.glob("*/*/*.jpg")} == set(originals)
