@@ -1,0 +1,390 @@
+"""Prepare ABID: raw ``bin-images/`` + ``metadata/`` -> ``<output>/{train,val,test}/<count>/<name>.jpg``.
+
+Source and output are each a local folder or an ``s3://`` prefix (see ``storage``). The job reads
+every selected metadata JSON, keeps counts ``0..max_count``, assigns splits (``split``), then copies
+(or resizes) the images with a pool of threads. Every image write is atomic, images already in the
+output are skipped, so a killed job resumes where it stopped and a finished one reruns without
+writing anything. Items that cannot be used are skipped and listed in ``rejects.csv`` with a reason.
+
+Besides the images the output holds ``manifest.json`` (``{split: {count: [names]}}``),
+``splits.csv`` (name, count, split; also the record that keeps splits stable when the job is rerun
+on a grown source), ``stats.json``, ``rejects.csv``, ``class_distribution.png`` and
+``prepare.json`` (the settings the stored images were made with).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any
+
+from src.data.abid import (
+    IMAGE_DIR,
+    METADATA_DIR,
+    BadItem,
+    check_jpeg,
+    check_name,
+    image_key,
+    metadata_key,
+    parse_count,
+    parse_id_list,
+    resize_jpeg,
+    target_size,
+)
+from src.data.split import SPLITS, assign_splits, check_fractions
+from src.data.storage import LocalStore, Missing, open_store, read_uri
+
+log = logging.getLogger(__name__)
+
+# Settings baked into the stored images: a rerun with other values would mix two datasets.
+LOCKED_SETTINGS = ("seed", "fractions", "resize", "jpeg_quality")
+
+
+class NothingUsable(RuntimeError):
+    """No image of the selection could be prepared."""
+
+
+@dataclass
+class Report:
+    """What a run found and did."""
+
+    dataset: dict[str, tuple[int, str]]  # name -> (count, split), every usable image
+    rejects: list[tuple[str, str, str]]  # (name, reason, detail)
+    above_max_count: int = 0
+    written: int = 0
+    existing: int = 0
+    pruned: list[str] = field(default_factory=list)
+    dry_run: bool = False
+    seconds: float = 0.0
+
+    def table(self) -> str:
+        """Images per count and split, as a small text table."""
+        counts = Counter(self.dataset.values())
+        lines = ["count " + "".join(f"{s:>8}" for s in SPLITS) + f"{'total':>8}"]
+        for c in sorted({c for c, _ in self.dataset.values()}):
+            row = [counts[(c, s)] for s in SPLITS]
+            lines.append(f"{c:>5} " + "".join(f"{n:>8}" for n in row) + f"{sum(row):>8}")
+        totals = [sum(n for (_, s), n in counts.items() if s == split) for split in SPLITS]
+        lines.append("  all " + "".join(f"{n:>8}" for n in totals) + f"{sum(totals):>8}")
+        return "\n".join(lines)
+
+
+def _parallel(fn: Callable[[Any], Any], items: list, workers: int, desc: str, progress: bool) -> list:
+    """``[fn(x) for x in items]`` on ``workers`` threads with a progress bar; few tasks in flight at once."""
+    from tqdm.auto import tqdm
+
+    results: list = [None] * len(items)
+    todo = iter(enumerate(items))
+    interactive = sys.stderr.isatty()
+    with (
+        ThreadPoolExecutor(max(1, workers)) as pool,
+        tqdm(
+            total=len(items), desc=desc, unit="img", disable=not progress, mininterval=0.5 if interactive else 30
+        ) as bar,
+    ):
+        pending = {pool.submit(fn, x): i for i, x in islice(todo, 4 * max(1, workers))}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                results[pending.pop(future)] = future.result()
+                bar.update()
+                for i, x in islice(todo, 1):
+                    pending[pool.submit(fn, x)] = i
+    return results
+
+
+def _select(source, ids: str | None, ids_format: str, unsigned) -> tuple[list[str], list[tuple[str, BadItem]]]:
+    """Names to consider: those in the ids file, or every image or metadata file under the source."""
+    if ids:
+        try:
+            text = read_uri(ids, unsigned).decode("utf-8-sig")
+        except (Missing, FileNotFoundError) as err:
+            raise FileNotFoundError(
+                f"ids file {ids} not found; give a file of ids or names, or ids=null for all"
+            ) from err
+        return parse_id_list(text, ids_format)
+    found: dict[str, None] = {}
+    for folder, ext in ((IMAGE_DIR, ".jpg"), (METADATA_DIR, ".json")):
+        for key in sorted(source.list(folder + "/")):
+            if key.endswith(ext):
+                found[key[len(folder) + 1 : -len(ext)]] = None
+    names, bad = [], []
+    for name in found:
+        try:
+            check_name(name)
+            names.append(name)
+        except BadItem as err:
+            bad.append((name, err))
+    return names, bad
+
+
+def _read_count(source, name: str) -> int | BadItem:
+    try:
+        return parse_count(source.read(metadata_key(name)))
+    except Missing:
+        return BadItem("metadata missing", metadata_key(name))
+    except BadItem as err:
+        return err
+    except Exception as err:  # network or permission trouble: skip now, a rerun retries it
+        return BadItem("metadata unreadable", f"{type(err).__name__}: {err}")
+
+
+def _image_task(source, output, existing: set[str], resize, jpeg_quality: int, dry_run: bool):
+    """Build the per-image job: returns ``"written"``, ``"existing"`` or a BadItem."""
+
+    def run(item: tuple[str, int, str]) -> str | BadItem:
+        name, count, split = item
+        key = f"{split}/{count}/{name}.jpg"
+        if key in existing:
+            return "existing"
+        try:
+            data = source.read(image_key(name))
+        except Missing:
+            return BadItem("image missing", image_key(name))
+        except Exception as err:
+            return BadItem("image unreadable", f"{type(err).__name__}: {err}")
+        try:
+            size = check_jpeg(data)
+            if target_size(size, resize) is not None:
+                data = resize_jpeg(data, resize, jpeg_quality)
+        except BadItem as err:
+            return err
+        if not dry_run:
+            output.write(key, data)
+        return "written"
+
+    return run
+
+
+def _csv(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue().encode()
+
+
+def _json(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()
+
+
+def stats_of(report: Report, settings: Mapping[str, Any]) -> dict[str, Any]:
+    counts = Counter(report.dataset.values())
+    classes = sorted({c for c, _ in report.dataset.values()})
+    per_class = {}
+    for c in classes:
+        row = {s: counts[(c, s)] for s in SPLITS}
+        per_class[str(c)] = {**row, "total": sum(row.values())}
+    return {
+        "images": len(report.dataset),
+        "per_class": per_class,
+        "per_split": {s: sum(n for (_, split), n in counts.items() if split == s) for s in SPLITS},
+        "above_max_count": report.above_max_count,
+        "rejects": dict(sorted(Counter(reason for _, reason, _ in report.rejects).items())),
+        "settings": dict(settings),
+    }
+
+
+def plot_distribution(stats: Mapping[str, Any]) -> bytes:
+    """Stacked bars of images per count and split (PNG bytes; Agg canvas, no display needed)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    classes = [int(c) for c in stats["per_class"]]
+    fig = Figure(figsize=(6, 3.6), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    bottom = [0] * len(classes)
+    for split in SPLITS:
+        heights = [stats["per_class"][str(c)][split] for c in classes]
+        ax.bar(classes, heights, bottom=bottom, label=split)
+        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+    for x, total in zip(classes, bottom, strict=True):
+        ax.annotate(str(total), (x, total), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(classes)
+    ax.set_xlabel("objects in bin (EXPECTED_QUANTITY)")
+    ax.set_ylabel("images")
+    ax.set_title(f"ABID images per count: {stats['images']} kept, {stats['above_max_count']} above max_count")
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def summary_files(report: Report, stats: Mapping[str, Any], plot: bool = True) -> dict[str, bytes]:
+    """The non-image outputs, as bytes: manifest, splits, stats, rejects and the class plot."""
+    manifest: dict[str, dict[str, list[str]]] = {s: {} for s in SPLITS}
+    for name, (count, split) in sorted(report.dataset.items()):
+        manifest[split].setdefault(str(count), []).append(name)
+    manifest = {s: dict(sorted(m.items(), key=lambda kv: int(kv[0]))) for s, m in manifest.items()}
+    rows = ((name, count, split) for name, (count, split) in sorted(report.dataset.items()))
+    files = {
+        "manifest.json": _json(manifest),
+        "splits.csv": _csv(["name", "count", "split"], rows),
+        "stats.json": _json(stats),
+        "rejects.csv": _csv(["name", "reason", "detail"], report.rejects),
+    }
+    if plot and report.dataset:
+        files["class_distribution.png"] = plot_distribution(stats)
+    return files
+
+
+def _write_if_changed(output, key: str, data: bytes) -> bool:
+    try:
+        if output.read(key) == data:
+            return False
+    except Missing:
+        pass
+    output.write(key, data)
+    return True
+
+
+def _read_splits(store_or_uri, key: str | None = None, unsigned="auto") -> dict[str, str]:
+    """name -> split from an earlier run's ``splits.csv``; empty when there is none."""
+    try:
+        data = store_or_uri.read(key) if key else read_uri(store_or_uri, unsigned)
+    except (Missing, FileNotFoundError):
+        if key:
+            return {}
+        raise FileNotFoundError(f"previous_splits file {store_or_uri} not found") from None
+    rows = csv.DictReader(io.StringIO(data.decode()))
+    if not rows.fieldnames or not {"name", "split"} <= set(rows.fieldnames):
+        raise ValueError(f"{store_or_uri} {key or ''} is not a splits.csv (columns name,count,split)")
+    return {row["name"]: row["split"] for row in rows if row["split"] in SPLITS}
+
+
+def _check_locked(output, settings: Mapping[str, Any]) -> bool:
+    """Refuse an output made with other image-shaping settings; True when prepare.json is already there."""
+    try:
+        before = json.loads(output.read("prepare.json"))
+    except Missing:
+        return False
+    changed = {k: (before.get(k), settings[k]) for k in LOCKED_SETTINGS if before.get(k) != settings[k]}
+    if changed:
+        desc = ", ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in changed.items())
+        raise ValueError(
+            f"output {output.uri} was prepared with other settings ({desc}). Use a new output folder, "
+            "delete this one, or rerun with the earlier values."
+        )
+    return True
+
+
+def prepare(
+    source: str = "s3://aft-vbi-pds",
+    output: str = "data/abid",
+    ids: str | None = None,
+    ids_format: str = "auto",
+    max_count: int = 5,
+    fractions: Mapping[str, float] | None = None,
+    seed: int = 42,
+    resize: int | list[int] | None = None,
+    jpeg_quality: int = 90,
+    workers: int = 8,
+    dry_run: bool = False,
+    unsigned: bool | str = "auto",
+    previous_splits: str | None = None,
+    prune: bool = True,
+    plot: bool = True,
+    progress: bool = True,
+) -> Report:
+    """Prepare ``source`` into ``output``; see the module docstring. Raises NothingUsable when nothing is left."""
+    start = time.perf_counter()
+    fractions = check_fractions(fractions or {"train": 0.64, "val": 0.16, "test": 0.20})
+    if resize is not None and not isinstance(resize, int):
+        resize = [int(v) for v in resize]
+    target_size((1, 1), resize)  # validates the value before any I/O
+    if max_count < 0:
+        raise ValueError(f"max_count must be >= 0, got {max_count}")
+    settings = {
+        "source": str(source), "ids": ids, "max_count": max_count, "seed": seed,
+        "fractions": fractions, "resize": resize, "jpeg_quality": jpeg_quality,
+    }  # fmt: skip
+    src = open_store(source, unsigned, max_pool_connections=workers)
+    out = open_store(output, unsigned=False, max_pool_connections=workers)
+    if not dry_run:
+        out.remove_temp_files()
+    has_settings = _check_locked(out, settings)
+
+    names, bad_names = _select(src, ids, ids_format, unsigned)
+    rejects = [(name, err.reason, err.detail) for name, err in bad_names]
+    selected = len(names) + len(bad_names)
+    if not names and not ids:
+        raise NothingUsable(
+            f"no images under {src.uri}: expected {IMAGE_DIR}/<name>.jpg and {METADATA_DIR}/<name>.json there. "
+            "Point source= at an ABID copy (default s3://aft-vbi-pds)."
+        )
+    log.info("Reading metadata of %d selected image(s) from %s", selected, src.uri)
+    counts: dict[str, int] = {}
+    above = 0
+    if isinstance(src, LocalStore):  # one listing beats a failed open per absent id (random_val.txt: 53k)
+        present = set(src.list(METADATA_DIR + "/"))
+        absent = [n for n in names if metadata_key(n) not in present]
+        rejects += [(n, "metadata missing", metadata_key(n)) for n in absent]
+        names = [n for n in names if metadata_key(n) in present]
+    results = _parallel(lambda n: _read_count(src, n), names, workers, "metadata", progress)
+    for name, result in zip(names, results, strict=True):
+        if isinstance(result, BadItem):
+            rejects.append((name, result.reason, result.detail))
+        elif result > max_count:
+            above += 1
+        else:
+            counts[name] = result
+
+    previous = _read_splits(previous_splits, unsigned=unsigned) if previous_splits else {}
+    previous.update(_read_splits(out, "splits.csv"))
+    plan = assign_splits(counts, fractions, seed, previous)
+    existing = {k for k in out.list() if k.split("/", 1)[0] in SPLITS and k.endswith(".jpg")}
+
+    items = [(name, counts[name], plan[name]) for name in sorted(counts)]
+    if not dry_run and not has_settings:
+        out.write("prepare.json", _json({k: settings[k] for k in LOCKED_SETTINGS}))
+    task = _image_task(src, out, existing, resize, jpeg_quality, dry_run)
+    report = Report(dataset={}, rejects=rejects, above_max_count=above, dry_run=dry_run)
+    outcomes = _parallel(task, items, workers, "images" + (" (dry run)" if dry_run else ""), progress)
+    for (name, count, split), outcome in zip(items, outcomes, strict=True):
+        if isinstance(outcome, BadItem):
+            rejects.append((name, outcome.reason, outcome.detail))
+            continue
+        report.dataset[name] = (count, split)
+        report.written += outcome == "written"
+        report.existing += outcome == "existing"
+    rejects.sort()
+
+    wanted = {f"{split}/{count}/{name}.jpg" for name, (count, split) in report.dataset.items()}
+    report.pruned = sorted(existing - wanted) if prune else []
+    stats = stats_of(report, settings)
+    if not dry_run:
+        for key in report.pruned:
+            out.delete(key)
+        for key, data in summary_files(report, stats, plot).items():
+            _write_if_changed(out, key, data)
+    report.seconds = time.perf_counter() - start
+
+    verb = "would write" if dry_run else "wrote"
+    log.info(
+        "%s %d image(s), %d already there, %d rejected, %d above max_count %d, %d stale removed%s, in %.1f s\n%s",
+        verb, report.written, report.existing, len(rejects), above, max_count, len(report.pruned),
+        " (dry run)" if dry_run else "", report.seconds, report.table(),
+    )  # fmt: skip
+    if rejects:
+        top = ", ".join(f"{reason} {n}" for reason, n in Counter(r for _, r, _ in rejects).most_common(4))
+        log.warning("Rejected %d item(s): %s (details in %s/rejects.csv)", len(rejects), top, out.uri)
+    if not report.dataset:
+        top = ", ".join(f"{reason} ({n})" for reason, n in Counter(r for _, r, _ in rejects).most_common(3))
+        raise NothingUsable(
+            f"nothing usable: none of the {selected} selected item(s) from {src.uri} gave an image "
+            f"with EXPECTED_QUANTITY 0..{max_count}"
+            + (f"; rejects: {top}, listed in {out.uri}/rejects.csv" if rejects else "")
+            + ". Check source=, ids= and max_count=."
+        )
+    return report

@@ -1,0 +1,81 @@
+"""Train/val/test assignment: stratified by count, ordered by a stable hash of (seed, name).
+
+Within each count, images are ranked by ``hash(seed, name)`` and cut at the configured fractions,
+so every class gets its exact share whatever order the source lists them in. A split once given is
+kept: assignments from an earlier run (its ``splits.csv``) are passed in as ``previous`` and never
+change; only new images are ranked, and they fill each class toward its target. Adding or removing
+images therefore never moves an image that was already assigned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+
+SPLITS = ("train", "val", "test")
+
+
+def hash_unit(name: str, seed: int) -> float:
+    """A uniform number in [0, 1) that depends only on ``(seed, name)``."""
+    digest = hashlib.sha256(f"{seed}\0{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def split_targets(n: int, fractions: Mapping[str, float]) -> dict[str, int]:
+    """Split ``n`` items by ``fractions`` into whole numbers (largest remainder, ties in SPLITS order)."""
+    exact = {s: n * fractions[s] for s in SPLITS}
+    sizes = {s: int(exact[s]) for s in SPLITS}
+    by_remainder = sorted(SPLITS, key=lambda s: (-(exact[s] - sizes[s]), SPLITS.index(s)))
+    for s in by_remainder[: n - sum(sizes.values())]:
+        sizes[s] += 1
+    return sizes
+
+
+def check_fractions(fractions: Mapping[str, float]) -> dict[str, float]:
+    fractions = {s: float(fractions.get(s, 0.0)) for s in SPLITS}
+    extra = set(fractions) - set(SPLITS)
+    if extra or any(f < 0 for f in fractions.values()) or abs(sum(fractions.values()) - 1.0) > 1e-6:
+        raise ValueError(
+            f"fractions must give train, val and test shares >= 0 that add up to 1, got {dict(fractions)}; "
+            "e.g. fractions='{train: 0.64, val: 0.16, test: 0.2}'"
+        )
+    return fractions
+
+
+def assign_splits(
+    counts: Mapping[str, int],
+    fractions: Mapping[str, float],
+    seed: int,
+    previous: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Map each name in ``counts`` (name -> count) to a split.
+
+    Names found in ``previous`` keep their split. The rest of each class is ranked by hash and
+    handed out in SPLITS order to whichever splits are short of their target; when earlier
+    assignments already overfill a split, new images go to the others in proportion.
+    """
+    fractions = check_fractions(fractions)
+    previous = previous or {}
+    by_class: dict[int, list[str]] = {}
+    for name, count in counts.items():
+        by_class.setdefault(count, []).append(name)
+
+    assignment: dict[str, str] = {}
+    for names in by_class.values():
+        kept = {n: previous[n] for n in names if previous.get(n) in SPLITS}
+        assignment.update(kept)
+        new = sorted((n for n in names if n not in kept), key=lambda n: (hash_unit(n, seed), n))
+        if not new:
+            continue
+        target = split_targets(len(names), fractions)
+        have = {s: sum(1 for v in kept.values() if v == s) for s in SPLITS}
+        deficit = {s: max(0, target[s] - have[s]) for s in SPLITS}
+        if sum(deficit.values()) != len(new):  # earlier runs used other fractions: share what is left
+            total = sum(deficit.values())
+            deficit = split_targets(len(new), {s: deficit[s] / total for s in SPLITS})
+        start = 0
+        for s in SPLITS:
+            for n in new[start : start + deficit[s]]:
+                assignment[n] = s
+            start += deficit[s]
+    return assignment
