@@ -246,11 +246,26 @@ def transform(ctx: Context) -> dict[str, Any]:
     )
     job_name = ctx.name("transform")
     transformer.transform(data=data, data_type="S3Prefix", content_type=t.content_type, split_type="None",
-                          job_name=job_name, wait=not ctx.cfg.get("dry_run"), logs=False)
+                          job_name=job_name, wait=False, logs=False)
     result: dict[str, Any] = {"transform_job": job_name, "model": model, "output": output}
     if not ctx.cfg.get("dry_run"):
+        status = _wait_for_transform(ctx.session.sagemaker_client, job_name)
+        if status != "Completed":
+            raise RuntimeError(f"Transform job {job_name} ended {status}; see its CloudWatch logs")
         result["report"] = report_from_s3(ctx.boto.client("s3"), data, output)
+        print(json.dumps(result["report"]["metrics"], indent=2))
     return result
+
+
+def _wait_for_transform(client, job_name: str, max_delay: float = 60.0) -> str:
+    """Poll quickly at first (short jobs, tests), then at most once a minute."""
+    delay = 1.0
+    while True:
+        status = client.describe_transform_job(TransformJobName=job_name)["TransformJobStatus"]
+        if status in ("Completed", "Failed", "Stopped"):
+            return status
+        time.sleep(delay)
+        delay = min(max_delay, delay * 2)
 
 
 def deploy(ctx: Context) -> dict[str, Any]:
@@ -344,6 +359,9 @@ def _dry_run(cfg: DictConfig, action: str, recorder: RequestRecorder) -> dict[st
 
     clean = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     clean.update(AWS_ACCESS_KEY_ID="dry-run", AWS_SECRET_ACCESS_KEY="dry-run", SAGEMAKER_VALIDATE_ROLE="false")
+    opt_out = Path(tempfile.mkdtemp(prefix="bincount-dry-run-")) / "sagemaker-config.yaml"
+    opt_out.write_text("SchemaVersion: '1.0'\nSageMaker:\n  PythonSDK:\n    Modules:\n      TelemetryOptOut: true\n")
+    clean["SAGEMAKER_USER_CONFIG_OVERRIDE"] = str(opt_out)  # the SDK's telemetry would call out
     with mock.patch.dict(os.environ, clean, clear=True), mock_aws():
         layout: S3Layout = check_settings(cfg.sagemaker)
         s3 = boto3.client("s3", region_name=cfg.sagemaker.region)
