@@ -1,0 +1,1 @@
+"""Amazon SageMaker: the launcher (request building, actions) and the in-container entry shim."""

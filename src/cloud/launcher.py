@@ -1,0 +1,395 @@
+"""``launch_sagemaker.py`` actions: build SageMaker SDK v3 objects from the config and start jobs.
+
+The SDK is imported inside functions: local training and the mapping tests never pay for it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from src.cloud.hyperparams import encode_overrides
+from src.cloud.recorder import RequestRecorder, to_json
+from src.cloud.search_space import load_search_space, sagemaker_ranges
+from src.cloud.settings import LaunchConfigError, S3Layout, check_settings, split_s3
+from src.cloud.staging import ENTRY_SCRIPT, ROOT, stage_source
+
+log = logging.getLogger(__name__)
+
+PROCESSING = "/opt/ml/processing"
+CHECKPOINT_DIR = "/opt/ml/checkpoints"
+CHANNELS = ("train", "val", "test")
+
+
+class Context:
+    """Per-run state: config, S3 layout, the boto3/SageMaker sessions and the request recorder."""
+
+    def __init__(self, cfg: DictConfig, recorder: RequestRecorder):
+        import boto3
+        from sagemaker.core.helper.session_helper import Session
+
+        self.cfg = cfg
+        self.sm = cfg.sagemaker
+        self.s3 = check_settings(self.sm)
+        self.recorder = recorder
+        self.boto = boto3.Session(region_name=self.sm.region)
+        recorder.attach(self.boto)  # before any client exists, so every request is seen
+        self.session = Session(boto_session=self.boto, default_bucket=self.s3.bucket,
+                               default_bucket_prefix=self.s3.prefix or None)
+        self.stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.tmp = tempfile.TemporaryDirectory(prefix="bincount-launch-")
+        self.wait = bool(cfg.get("wait")) and not cfg.get("dry_run")
+
+    # -- names and places -------------------------------------------------------------------------
+    def name(self, kind: str) -> str:
+        return f"{self.sm.base_job_name}-{kind}-{self.stamp}"[:63]
+
+    @property
+    def tags(self) -> list[dict[str, str]]:
+        return [{"Key": str(k), "Value": str(v)} for k, v in (self.sm.get("tags") or {}).items()]
+
+    @property
+    def data_uri(self) -> str:
+        return str(self.sm.data_s3_uri or self.s3.uri("data", "abid")).rstrip("/")
+
+    @property
+    def output_uri(self) -> str:
+        return str(self.sm.output_path or self.s3.uri("output"))
+
+    def checkpoint_uri(self, kind: str) -> str:
+        return str(self.sm.checkpoint_s3_uri or self.s3.uri("checkpoints", kind))
+
+    def image(self, scope: str, instance_type: str) -> str:
+        img = self.sm.image
+        given = img.get(f"{scope}_uri")
+        if given:
+            return str(given)
+        from sagemaker.core import image_uris
+
+        return image_uris.retrieve(img.framework, self.sm.region, version=str(img.version),
+                                   py_version=img.py_version, instance_type=instance_type, image_scope=scope)
+
+    def source_dir(self) -> str:
+        return str(stage_source(Path(self.tmp.name) / "source"))
+
+    def upload(self, local: str | Path, *key_parts: str) -> str:
+        """Local file -> s3://<bucket>/<prefix>/<key_parts>/<name>; S3 URIs pass through."""
+        local = str(local)
+        if local.startswith("s3://"):
+            return local
+        path = Path(local)
+        if not path.is_file():
+            raise LaunchConfigError(f"{path} does not exist (give a local file or an s3:// URI)")
+        bucket, key = split_s3(self.s3.uri(*key_parts, path.name))
+        self.boto.client("s3").upload_file(str(path), bucket, key)
+        return f"s3://{bucket}/{key}"
+
+
+# -- jobs -------------------------------------------------------------------------------------------
+def prepare(ctx: Context) -> dict[str, Any]:
+    """prepare_data.py in a Processing job: ABID source (+ ids) in, ImageFolder split out to S3."""
+    from sagemaker.core.processing import FrameworkProcessor
+    from sagemaker.core.shapes import ProcessingInput, ProcessingOutput, ProcessingS3Input, ProcessingS3Output
+
+    p = ctx.sm.prepare
+    inputs, args = [], []
+    source = str(p.source)
+    if p.download_source:
+        uri = ctx.upload(source, "inputs", "source") if not source.startswith("s3://") else source
+        inputs.append(ProcessingInput(input_name="source", s3_input=ProcessingS3Input(
+            s3_uri=uri, local_path=f"{PROCESSING}/input/source", s3_data_type="S3Prefix", s3_input_mode="File")))
+        source = f"{PROCESSING}/input/source"
+    args.append(f"source={source}")
+    if p.ids:
+        uri = ctx.upload(str(p.ids), "inputs", "ids")
+        inputs.append(ProcessingInput(input_name="ids", s3_input=ProcessingS3Input(
+            s3_uri=uri, local_path=f"{PROCESSING}/input/ids", s3_data_type="S3Prefix", s3_input_mode="File")))
+        args.append(f"ids={PROCESSING}/input/ids/{uri.rsplit('/', 1)[1]}")
+    args += [f"output={PROCESSING}/output", f"max_count={p.max_count}",
+             f"resize={'null' if p.resize is None else p.resize}", f"seed={p.seed}"]
+    outputs = [ProcessingOutput(output_name="data", s3_output=ProcessingS3Output(
+        s3_uri=ctx.data_uri, local_path=f"{PROCESSING}/output", s3_upload_mode="EndOfJob"))]
+
+    processor = FrameworkProcessor(
+        image_uri=ctx.image("training", p.instance_type), role=ctx.sm.role,
+        instance_count=int(p.instance_count), instance_type=p.instance_type,
+        volume_size_in_gb=int(ctx.sm.volume_size_gb), max_runtime_in_seconds=int(ctx.sm.max_run),
+        base_job_name=f"{ctx.sm.base_job_name}-prepare", sagemaker_session=ctx.session, tags=ctx.tags,
+    )
+    job_name = ctx.name("prepare")
+    processor.run(code="prepare_data.py", source_dir=ctx.source_dir(), requirements="requirements.txt",
+                  inputs=inputs, outputs=outputs, arguments=args, wait=ctx.wait, logs=ctx.wait, job_name=job_name)
+    return {"processing_job": job_name, "data": ctx.data_uri}
+
+
+def _model_trainer(ctx: Context, kind: str, instance_type: str, instance_count: int, hyperparameters: dict):
+    from sagemaker.core.shapes import Tag
+    from sagemaker.train import ModelTrainer
+    from sagemaker.train.configs import CheckpointConfig, Compute, OutputDataConfig, SourceCode, StoppingCondition
+    from sagemaker.train.distributed import Torchrun
+
+    sm = ctx.sm
+    spot = bool(sm.spot.enabled)
+    stopping = StoppingCondition(max_runtime_in_seconds=int(sm.max_run),
+                                 max_wait_time_in_seconds=int(sm.spot.max_wait) if spot else None)
+    return ModelTrainer(
+        sagemaker_session=ctx.session,
+        role=sm.role,
+        base_job_name=f"{sm.base_job_name}-{kind}",
+        training_image=ctx.image("training", instance_type),
+        source_code=SourceCode(source_dir=ctx.source_dir(), entry_script=ENTRY_SCRIPT, requirements="requirements.txt"),
+        distributed=Torchrun(process_count_per_node=sm.train.get("process_count_per_node")),
+        compute=Compute(instance_type=instance_type, instance_count=int(instance_count),
+                        volume_size_in_gb=int(sm.volume_size_gb), enable_managed_spot_training=spot),
+        stopping_condition=stopping,
+        output_data_config=OutputDataConfig(s3_output_path=ctx.output_uri),
+        checkpoint_config=CheckpointConfig(s3_uri=ctx.checkpoint_uri(kind), local_path=CHECKPOINT_DIR),
+        hyperparameters=hyperparameters,
+        environment={"BINCOUNT_CHECKPOINT_DIR": CHECKPOINT_DIR},
+        tags=[Tag(key=t["Key"], value=t["Value"]) for t in ctx.tags] or None,
+    )
+
+
+def _channels(ctx: Context) -> list:
+    from sagemaker.train.configs import InputData
+
+    return [InputData(channel_name=c, data_source=f"{ctx.data_uri}/{c}") for c in CHANNELS]
+
+
+def train(ctx: Context) -> dict[str, Any]:
+    """A ModelTrainer job: Torchrun across ``train.instance_count`` instances."""
+    t = ctx.sm.train
+    trainer = _model_trainer(ctx, "train", t.instance_type, t.instance_count, encode_overrides(ctx.cfg.train_overrides))
+    trainer.train(input_data_config=_channels(ctx), wait=ctx.wait, logs=ctx.wait)
+    job = trainer._latest_training_job
+    return {"training_job": getattr(job, "training_job_name", None), "output": ctx.output_uri}
+
+
+def tune(ctx: Context) -> dict[str, Any]:
+    """Hyperparameter tuning over the same search space the local Optuna sweep uses."""
+    from sagemaker.train.tuner import HyperparameterTuner
+
+    t = ctx.sm.tune
+    space = load_search_space(ROOT / "configs" / "hparams_search" / f"{t.search}.yaml")
+    hps = encode_overrides(ctx.cfg.train_overrides)
+    if int(t.instance_count) > 1:  # trials start through the container toolkit, not the v3 torchrun driver
+        hps["sagemaker_torch_distributed_enabled"] = "true"
+    trainer = _model_trainer(ctx, "tune", t.instance_type, t.instance_count, hps)
+    tuner = HyperparameterTuner(
+        model_trainer=trainer,
+        objective_metric_name=space.objective,
+        objective_type="Maximize" if space.direction == "maximize" else "Minimize",
+        hyperparameter_ranges=sagemaker_ranges(space),
+        metric_definitions=[{"Name": space.objective, "Regex": space.metric_regex}],
+        strategy=str(t.strategy),
+        max_jobs=int(t.max_jobs or space.n_trials),
+        max_parallel_jobs=int(t.max_parallel_jobs),
+        early_stopping_type=str(t.early_stopping),
+        base_tuning_job_name=f"{ctx.sm.base_job_name}-tune",
+        tags=ctx.tags or None,
+    )
+    job_name = f"{ctx.sm.base_job_name}-tune-{ctx.stamp}"[:32]  # tuning job names: 32 characters
+    tuner.tune(inputs=_channels(ctx), job_name=job_name, wait=ctx.wait)
+    return {"tuning_job": job_name, "objective": space.objective, "regex": space.metric_regex}
+
+
+def _model_data(ctx: Context) -> str:
+    given = ctx.sm.get("model_data")
+    if not given:
+        raise LaunchConfigError(
+            "sagemaker.model_data is required: the s3:// URI of a model.tar.gz (a training job's "
+            "output/model.tar.gz), a local model.tar.gz, or a folder holding one."
+        )
+    given = str(given)
+    if given.startswith("s3://"):
+        return given
+    path = Path(given)
+    if path.is_dir():
+        path = path / "model.tar.gz"
+    if not path.is_file() or not path.name.endswith(".tar.gz"):
+        raise LaunchConfigError(f"{given}: no model.tar.gz there (build one with the serving export)")
+    return ctx.upload(path, "models", ctx.stamp)
+
+
+def _create_model(ctx: Context, name: str, instance_type: str) -> str:
+    from sagemaker.core.helper.session_helper import container_def
+
+    env = {"SAGEMAKER_PROGRAM": "inference.py", "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
+           "SAGEMAKER_CONTAINER_LOG_LEVEL": "20", "SAGEMAKER_REGION": str(ctx.sm.region)}
+    container = container_def(ctx.image("inference", instance_type), model_data_url=_model_data(ctx), env=env)
+    return ctx.session.create_model(name=name, role=ctx.sm.role, container_defs=container, tags=ctx.tags or None)
+
+
+def transform(ctx: Context) -> dict[str, Any]:
+    """Batch transform over the test split, then the evaluation report from its outputs."""
+    from sagemaker.core.transformer import Transformer
+
+    from src.cloud.report import report_from_s3
+
+    t = ctx.sm.transform
+    model = _create_model(ctx, ctx.name("transform"), t.instance_type)
+    data = str(t.input or f"{ctx.data_uri}/test")
+    output = str(t.output or ctx.s3.uri("transform", ctx.stamp))
+    transformer = Transformer(
+        model_name=model, instance_count=int(t.instance_count), instance_type=t.instance_type,
+        strategy="SingleRecord", assemble_with="None", output_path=output, accept=t.accept,
+        max_payload=int(t.max_payload_mb), base_transform_job_name=f"{ctx.sm.base_job_name}-transform",
+        sagemaker_session=ctx.session, tags=ctx.tags or None,
+    )
+    job_name = ctx.name("transform")
+    transformer.transform(data=data, data_type="S3Prefix", content_type=t.content_type, split_type="None",
+                          job_name=job_name, wait=False, logs=False)
+    result: dict[str, Any] = {"transform_job": job_name, "model": model, "output": output}
+    if not ctx.cfg.get("dry_run"):
+        status = _wait_for_transform(ctx.session.sagemaker_client, job_name)
+        if status != "Completed":
+            raise RuntimeError(f"Transform job {job_name} ended {status}; see its CloudWatch logs")
+        result["report"] = report_from_s3(ctx.boto.client("s3"), data, output)
+        print(json.dumps(result["report"]["metrics"], indent=2))
+    return result
+
+
+def _wait_for_transform(client, job_name: str, max_delay: float = 60.0) -> str:
+    """Poll quickly at first (short jobs, tests), then at most once a minute."""
+    delay = 1.0
+    while True:
+        status = client.describe_transform_job(TransformJobName=job_name)["TransformJobStatus"]
+        if status in ("Completed", "Failed", "Stopped"):
+            return status
+        time.sleep(delay)
+        delay = min(max_delay, delay * 2)
+
+
+def deploy(ctx: Context) -> dict[str, Any]:
+    """Model + endpoint config + endpoint, all named ``endpoint.name`` (so ``delete`` needs no lookup)."""
+    from sagemaker.core.helper.session_helper import production_variant
+
+    e = ctx.sm.endpoint
+    name = str(e.name)
+    _create_model(ctx, name, e.instance_type)
+    variant = production_variant(model_name=name, instance_type=e.instance_type,
+                                 initial_instance_count=int(e.instance_count), variant_name=e.variant)
+    ctx.session.create_endpoint_config(name=name, production_variants=[variant], tags=ctx.tags or None)
+    ctx.session.create_endpoint(endpoint_name=name, config_name=name, tags=ctx.tags or None, wait=ctx.wait)
+    return {"endpoint": name}
+
+
+def invoke(ctx: Context) -> dict[str, Any]:
+    """Send one image to the endpoint and print the count it returns."""
+    image = ctx.cfg.get("image")
+    if not image or not Path(str(image)).is_file():
+        raise LaunchConfigError(f"image={image!r}: give a local image file, e.g. image=bin.jpg")
+    body = Path(str(image)).read_bytes()
+    if len(body) > 6 * 1024 * 1024:
+        raise LaunchConfigError(f"{image} is {len(body)} bytes; a real-time endpoint accepts at most 6 MB")
+    e = ctx.sm.endpoint
+    runtime = ctx.boto.client("sagemaker-runtime")
+    response = runtime.invoke_endpoint(EndpointName=str(e.name), ContentType=str(e.content_type),
+                                       Accept="application/json", Body=body)
+    payload = json.loads(response["Body"].read())
+    print(f"count: {payload.get('count')}")
+    return {"endpoint": str(e.name), "response": payload}
+
+
+def delete(ctx: Context) -> dict[str, Any]:
+    """Remove the endpoint, its config and its model; what is already gone is reported, not an error."""
+    from botocore.exceptions import ClientError
+
+    name = str(ctx.sm.endpoint.name)
+    client = ctx.session.sagemaker_client
+    removed, missing = [], []
+    for kind, call in (("endpoint", client.delete_endpoint), ("endpoint_config", client.delete_endpoint_config),
+                       ("model", client.delete_model)):
+        arg = {"endpoint": "EndpointName", "endpoint_config": "EndpointConfigName", "model": "ModelName"}[kind]
+        try:
+            call(**{arg: name})
+            removed.append(kind)
+        except ClientError as err:
+            error = err.response.get("Error", {})
+            if not re.search(r"not (be )?found|could not find|does not exist", str(error.get("Message")), re.I):
+                raise
+            missing.append(kind)
+    return {"endpoint": name, "removed": removed, "not_found": missing}
+
+
+ACTIONS: dict[str, Callable[[Context], dict[str, Any]]] = {
+    "prepare": prepare, "train": train, "tune": tune, "transform": transform,
+    "deploy": deploy, "invoke": invoke, "delete": delete,
+}
+
+
+# -- entry ------------------------------------------------------------------------------------------
+def run_action(cfg: DictConfig, recorder: RequestRecorder | None = None) -> dict[str, Any]:
+    """Run ``cfg.action``; with ``dry_run`` print the exact requests instead of calling AWS."""
+    action = cfg.get("action")
+    if action not in ACTIONS:
+        raise LaunchConfigError(f"action={action!r}: choose one of {', '.join(ACTIONS)}")
+    check_settings(cfg.sagemaker)  # before anything touches AWS
+    if action in ("train", "tune"):
+        encode_overrides(cfg.train_overrides)  # names and length limits, also before AWS
+    if cfg.get("dry_run"):
+        return _dry_run(cfg, action, recorder or RequestRecorder())
+    recorder = recorder or RequestRecorder()
+    ctx = Context(cfg, recorder)
+    try:
+        result = ACTIONS[action](ctx)
+    finally:
+        ctx.tmp.cleanup()
+    log.info("%s: %s", action, json.dumps(result, default=str))
+    return result
+
+
+def _dry_run(cfg: DictConfig, action: str, recorder: RequestRecorder) -> dict[str, Any]:
+    import os
+    from unittest import mock
+
+    try:
+        from moto import mock_aws
+    except ImportError as err:
+        raise LaunchConfigError("dry_run=true needs moto (a test dependency): pip install 'moto[server]>=5,<6'") from err
+    import boto3
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    clean.update(AWS_ACCESS_KEY_ID="dry-run", AWS_SECRET_ACCESS_KEY="dry-run", SAGEMAKER_VALIDATE_ROLE="false")
+    opt_out = Path(tempfile.mkdtemp(prefix="bincount-dry-run-")) / "sagemaker-config.yaml"
+    opt_out.write_text("SchemaVersion: '1.0'\nSageMaker:\n  PythonSDK:\n    Modules:\n      TelemetryOptOut: true\n")
+    clean["SAGEMAKER_USER_CONFIG_OVERRIDE"] = str(opt_out)  # the SDK's telemetry would call out
+    with mock.patch.dict(os.environ, clean, clear=True), mock_aws():
+        layout: S3Layout = check_settings(cfg.sagemaker)
+        s3 = boto3.client("s3", region_name=cfg.sagemaker.region)
+        kwargs = {} if cfg.sagemaker.region == "us-east-1" else {
+            "CreateBucketConfiguration": {"LocationConstraint": cfg.sagemaker.region}}
+        s3.create_bucket(Bucket=layout.bucket, **kwargs)
+        ctx = Context(cfg, recorder)
+        try:
+            ACTIONS[action](ctx)
+        finally:
+            ctx.tmp.cleanup()
+    plan = {
+        "action": action,
+        "requests": [{"operation": c["operation"], "service": c["service"], "request": c["params"]}
+                     for c in recorder.api_calls()],
+        "uploads": recorder.upload_summary(),
+    }
+    print(to_json(plan))
+    return plan
+
+
+def compose_launch_config(overrides: list[str]) -> DictConfig:
+    """The launch config without Hydra's runtime (tests, notebooks)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
+        cfg = compose(config_name="launch", overrides=overrides)
+    OmegaConf.set_readonly(cfg, False)
+    return cfg
