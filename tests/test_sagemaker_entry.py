@@ -148,8 +148,6 @@ def test_spot_interruption_resumes_from_the_newest_checkpoint(tiny_data, tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="gloo collective mismatch after the first validation epoch with BinCounter "
-                   "(bare Lightning DDP passes); see report", strict=False)
 def test_two_instances_on_loopback_with_the_sdk_torchrun_driver(tiny_data, tmp_path):
     """Two 'hosts', each started the way SageMaker starts one: the SDK's own torchrun driver with
     --nnodes 2, master 127.0.0.1, gloo on CPU."""
