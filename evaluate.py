@@ -9,11 +9,10 @@ from omegaconf import DictConfig
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
 
-@hydra.main(version_base="1.3", config_path="configs", config_name="evaluate")
-def main(cfg: DictConfig) -> float:
+def run(cfg: DictConfig) -> dict:
     from src.evaluation.runner import evaluate
 
-    metrics = evaluate(
+    return evaluate(
         eval_dir=cfg.eval_dir,
         output_dir=cfg.output_dir,
         model_dir=cfg.model_dir,
@@ -25,7 +24,11 @@ def main(cfg: DictConfig) -> float:
         image_size=cfg.image_size,
         decision_rule=cfg.decision_rule,
     )
-    return metrics["acc"]
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="evaluate")
+def main(cfg: DictConfig) -> float:
+    return run(cfg)["acc"]
 
 
 if __name__ == "__main__":

@@ -74,6 +74,16 @@ def fake_checkpoint(net: CountNet, path: Path, image_size: int = IMAGE_SIZE, rul
     return path
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Two cores shared by several jobs: torch's thread team stalls (10x slower) when its threads
+    are preempted, so these small models run single-threaded here."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory) -> Path:
     return export_artifact(tiny_net(), IMAGE_SIZE, "argmax", tmp_path_factory.mktemp("art") / "model")
@@ -150,6 +160,7 @@ def test_tarball_handler_runs_with_only_its_code_dir(artifact, predictor, tmp_pa
     image = tmp_path / "bin.jpg"
     image.write_bytes(image_bytes(7))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PROJECT_ROOT")}
+    env["OMP_NUM_THREADS"] = "1"
     out = subprocess.run(
         [sys.executable, "-I", "-c", STANDALONE, str(extracted / "code"), str(extracted), str(image)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
