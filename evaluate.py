@@ -23,6 +23,7 @@ def run(cfg: DictConfig) -> dict:
         net_name=cfg.net_name,
         image_size=cfg.image_size,
         decision_rule=cfg.decision_rule,
+        device=cfg.device,
     )
 
 

@@ -251,7 +251,7 @@ def test_handler_json_list_and_jsonlines(predictor):
     out = [json.loads(line) for line in body.splitlines()]
     assert [r["id"] for r in out] == [0, 1, 2]
     assert [r["count"] for r in out] == [r["count"] for r in single]
-    for got, want in zip(out, single):
+    for got, want in zip(out, single, strict=True):
         assert np.allclose(got["probabilities"], want["probabilities"], atol=1e-5)
 
 
@@ -291,6 +291,9 @@ def test_handler_rejects_bad_requests(predictor):
 def test_model_fn_loads_the_artifact(artifact):
     model = model_fn(str(artifact))
     assert model.backend == "torch" and model.image_size == IMAGE_SIZE
+    assert model.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(FileNotFoundError, match="--onnx"):
+        CountPredictor.from_model_dir(artifact, backend="onnx")
 
 
 # -- HTTP app -------------------------------------------------------------------------------------

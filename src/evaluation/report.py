@@ -98,7 +98,7 @@ def summary_table(metrics: dict[str, Any]) -> str:
         row(f"RMSE count {c}", f"rmse_class_{c}", _num, base)
     header = ["metric"] + [name for name, _ in columns]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    fmt_row = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    fmt_row = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))  # noqa: E731
     lines = [fmt_row(header), "  ".join("-" * w for w in widths), *map(fmt_row, rows)]
     lines.append(
         f"n = {metrics['n']} images ({metrics['n_skipped']} unreadable, excluded); "
@@ -112,7 +112,7 @@ def write_predictions(pred: FolderPredictions, path: Path) -> Path:
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["name", "true_count", "pred_count", "confidence", *[f"p{c}" for c in range(num_classes)]])
-        for name, t, c, p in zip(pred.names, pred.targets.tolist(), pred.counts.tolist(), pred.probs.tolist()):
+        for name, t, c, p in zip(pred.names, pred.targets.tolist(), pred.counts.tolist(), pred.probs.tolist(), strict=True):
             writer.writerow([name, t, c, f"{p[c]:.6f}", *[f"{v:.6f}" for v in p]])
     return path
 

@@ -26,6 +26,7 @@ def evaluate(
     image_size: int | None = None,
     decision_rule: str | None = None,
     print_table: bool = True,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     predictor, model = load_predictor(
         model_dir=model_dir,
@@ -35,6 +36,7 @@ def evaluate(
         image_size=image_size,
         decision_rule=decision_rule,
         onnx_dir=Path(output_dir) / "onnx",
+        device=device,
     )
     num_classes = len(model["classes"])
     start = time.perf_counter()

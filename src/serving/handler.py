@@ -223,6 +223,7 @@ class CountPredictor:
         backend: str = "torch",
         onnx_path: str | Path | None = None,
         channels_last: bool = True,
+        device: str = "cpu",
     ):
         self.config = config
         self.image_size = int(config["image_size"])
@@ -230,10 +231,12 @@ class CountPredictor:
         self.transform = eval_transform(self.image_size)
         self.backend = backend
         self.channels_last = channels_last
+        self.device = torch.device(device)
         if backend == "torch":
             if net is None:
                 raise ValueError("backend='torch' needs the network")
-            self.net = net.eval().to(memory_format=torch.channels_last) if channels_last else net.eval()
+            net = net.eval().to(self.device)
+            self.net = net.to(memory_format=torch.channels_last) if channels_last else net
         elif backend == "onnx":
             from src.serving.onnx_backend import OnnxRunner
 
@@ -246,13 +249,15 @@ class CountPredictor:
             raise ValueError(f"Unknown backend {backend!r}; valid: torch, onnx")
 
     @classmethod
-    def from_model_dir(cls, model_dir: str | Path, backend: str = "torch", channels_last: bool = True) -> "CountPredictor":
+    def from_model_dir(
+        cls, model_dir: str | Path, backend: str = "torch", channels_last: bool = True, device: str = "cpu"
+    ) -> CountPredictor:
         from src.serving.artifact import ONNX_FILE, load_artifact, read_config
 
         if backend == "onnx":
             return cls(None, read_config(model_dir), "onnx", Path(model_dir) / ONNX_FILE)
         net, config = load_artifact(model_dir)
-        return cls(net, config, backend, channels_last=channels_last)
+        return cls(net, config, backend, channels_last=channels_last, device=device)
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         return torch.stack([self.transform(image) for image in images])
@@ -262,16 +267,17 @@ class CountPredictor:
         if self.backend == "onnx":
             logits = torch.from_numpy(self.runner(batch.numpy()))
         else:
+            batch = batch.to(self.device, non_blocking=True)
             if self.channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             with torch.inference_mode():
                 logits = self.net(batch)
-        return logits.float().softmax(-1)
+        return logits.float().softmax(-1).cpu()
 
     def results(self, probs: torch.Tensor, ids: list[Any] | None = None) -> list[dict[str, Any]]:
         counts = predict_counts(probs, self.decision_rule)
         out = []
-        for i, (count, row) in enumerate(zip(counts.tolist(), probs.tolist())):
+        for i, (count, row) in enumerate(zip(counts.tolist(), probs.tolist(), strict=True)):
             result = {"count": int(count), "confidence": row[count], "probabilities": row}
             if ids and ids[i] is not None:
                 result = {"id": ids[i], **result}
@@ -311,8 +317,10 @@ def encode_response(prediction: Prediction, accept: str | None) -> tuple[str, st
 
 # -- SageMaker inference toolkit entry points ---------------------------------------------------
 def model_fn(model_dir: str, context: Any = None) -> CountPredictor:
-    """Load once per worker. ``BINCOUNT_BACKEND=onnx`` uses ``model.onnx`` with ONNX Runtime."""
-    return CountPredictor.from_model_dir(model_dir, backend=os.environ.get("BINCOUNT_BACKEND", "torch"))
+    """Load once per worker. ``BINCOUNT_BACKEND=onnx`` uses ``model.onnx`` with ONNX Runtime;
+    the torch backend runs on the GPU when the instance has one (``BINCOUNT_DEVICE`` overrides)."""
+    device = os.environ.get("BINCOUNT_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    return CountPredictor.from_model_dir(model_dir, backend=os.environ.get("BINCOUNT_BACKEND", "torch"), device=device)
 
 
 def input_fn(request_body: bytes, request_content_type: str, context: Any = None) -> Batch:

@@ -6,6 +6,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from src.serving.artifact import ONNX_FILE, model_config
 from src.serving.handler import CountPredictor
 
@@ -18,18 +20,21 @@ def load_predictor(
     image_size: int | None = None,
     decision_rule: str | None = None,
     onnx_dir: str | Path | None = None,
+    device: str = "cpu",
 ) -> tuple[CountPredictor, dict[str, Any]]:
     """Exactly one of ``model_dir`` / ``ckpt_path``. Returns the predictor and a description.
 
     From a checkpoint with ``backend='onnx'`` the network is exported to ``onnx_dir`` (a temporary
-    folder when None) first.
+    folder when None) first. ``device='auto'`` picks CUDA when available (torch backend).
     """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if bool(model_dir) == bool(ckpt_path):
         raise ValueError("Give exactly one of model_dir=<artifact folder> or ckpt_path=<checkpoint .ckpt>")
     if model_dir:
         if any(v is not None for v in (net_name, image_size, decision_rule)):
             raise ValueError("net_name/image_size/decision_rule apply to ckpt_path only; a model_dir records them")
-        predictor = CountPredictor.from_model_dir(model_dir, backend=backend)
+        predictor = CountPredictor.from_model_dir(model_dir, backend=backend, device=device)
         return predictor, {"model_dir": str(model_dir), "backend": backend, **predictor.config}
     from src.serving.checkpoint import load_checkpoint
 
@@ -43,5 +48,5 @@ def load_predictor(
         onnx_path = export_onnx(loaded.net, loaded.image_size, folder / ONNX_FILE)
         predictor = CountPredictor(None, config, "onnx", onnx_path)
     else:
-        predictor = CountPredictor(loaded.net, config, backend)
+        predictor = CountPredictor(loaded.net, config, backend, device=device)
     return predictor, {"ckpt_path": str(ckpt_path), "backend": backend, **config}

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from src.serving.handler import DEFAULT_MAX_PIXELS, CountPredictor, RequestError, decode_image
 
@@ -36,7 +37,7 @@ def predict_paths(
     names, images = [], []
 
     def flush() -> None:
-        for name, result in zip(names, predictor.predict(images)):
+        for name, result in zip(names, predictor.predict(images), strict=True):
             results.append({"name": name, **result})
         names.clear()
         images.clear()
