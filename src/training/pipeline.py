@@ -48,8 +48,20 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     for cb in callbacks:
         if isinstance(cb, TrainingHealth):
             metrics.update(cb.summary())
+    artifact_dir = cfg.get("artifact_dir")
+    if artifact_dir and trainer.is_global_zero:
+        from src.serving.artifact import export_artifact
+        from src.serving.checkpoint import load_net_weights
+
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if best:
+            load_net_weights(model.net, best)  # the best epoch, not the last
+        path = export_artifact(model.net, cfg.data.image_size, model.hparams.decision_rule, artifact_dir)
+        metrics["artifact_dir"] = str(path)
+        log.info("Model artifact written to %s", path)
     if trainer.is_global_zero:
         path = write_metrics(metrics, output_dir / "metrics.json")
         log.info("Metrics written to %s", path)
     objects = {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer, "callbacks": callbacks}
+    objects["artifact_dir"] = metrics.get("artifact_dir")
     return metrics, objects

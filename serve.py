@@ -1,0 +1,27 @@
+"""Serve a model artifact: `python serve.py model_dir=<run>/model [backend=onnx] [port=8080]`."""
+
+import os
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="serve")
+def main(cfg: DictConfig) -> None:
+    import torch
+
+    from src.serving.app import create_app, run
+    from src.serving.handler import CountPredictor
+
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    predictor = CountPredictor.from_model_dir(cfg.model_dir, backend=cfg.backend)  # loaded once
+    app = create_app(predictor, max_body_bytes=cfg.max_body_bytes, max_pixels=cfg.max_pixels)
+    run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Evaluation: predict a labelled folder, compute metrics, compare with baselines, write a report."""

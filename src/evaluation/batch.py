@@ -1,0 +1,100 @@
+"""Batch prediction over a labelled folder ``<eval_dir>/<count>/<image>``; bad images are skipped."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from src.data.images import CountFolder, load_rgb
+from src.models.counting import predict_counts
+from src.serving.handler import CountPredictor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FolderPredictions:
+    names: list[str]
+    targets: torch.Tensor  # (N,) true counts
+    probs: torch.Tensor  # (N, C)
+    counts: torch.Tensor  # (N,) predicted counts
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
+
+
+class _LabelledImages(Dataset):
+    def __init__(self, samples: list[tuple[str, int]], transform):
+        self.samples = samples
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        path, target = self.samples[i]
+        try:
+            return i, self.transform(load_rgb(path)), target, None
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            return i, None, target, f"{type(err).__name__}: {err}"
+
+
+def _collate(items):
+    ok = [it for it in items if it[1] is not None]
+    bad = [(it[0], it[3]) for it in items if it[1] is None]
+    if not ok:
+        return None, None, None, bad
+    idx = torch.tensor([it[0] for it in ok])
+    return idx, torch.stack([it[1] for it in ok]), torch.tensor([it[2] for it in ok]), bad
+
+
+def predict_folder(
+    predictor: CountPredictor,
+    eval_dir: str | Path,
+    num_classes: int = 6,
+    batch_size: int = 32,
+    num_workers: int = 0,
+) -> FolderPredictions:
+    """Predict every image under ``eval_dir/0..num_classes-1``; unreadable ones are reported."""
+    eval_dir = Path(eval_dir)
+    if not eval_dir.is_dir():
+        raise FileNotFoundError(
+            f"Evaluation folder {eval_dir} does not exist: pass eval_dir=<folder with 0..{num_classes - 1}/ "
+            "subfolders> or prepare the test split with prepare_data.py"
+        )
+    folder = CountFolder(eval_dir, num_classes)  # lists samples; skips files failing the header check
+    skipped = [(Path(p).relative_to(eval_dir).as_posix(), why) for p, why in folder.skipped]
+    if not folder.samples and not skipped:
+        raise FileNotFoundError(f"No images under {eval_dir}/0..{num_classes - 1}/")
+    loader = DataLoader(
+        _LabelledImages(folder.samples, predictor.transform),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_collate,
+    )
+    order, probs, targets = [], [], []
+    for idx, x, y, bad in loader:
+        for i, why in bad:
+            skipped.append((Path(folder.samples[i][0]).relative_to(eval_dir).as_posix(), why))
+        if idx is None:
+            continue
+        order.append(idx)
+        probs.append(predictor.probabilities(x))
+        targets.append(y)
+    for name, why in skipped:
+        log.warning("Skipped unreadable image %s: %s", name, why)
+    if not order:
+        raise ValueError(f"None of the images under {eval_dir} could be read ({len(skipped)} skipped)")
+    order_t = torch.cat(order)
+    probs_t = torch.cat(probs)
+    names = [Path(folder.samples[i][0]).relative_to(eval_dir).as_posix() for i in order_t.tolist()]
+    return FolderPredictions(
+        names=names,
+        targets=torch.cat(targets),
+        probs=probs_t,
+        counts=predict_counts(probs_t, predictor.decision_rule),
+        skipped=skipped,
+    )

@@ -1,0 +1,56 @@
+"""evaluate(): model (artifact or checkpoint) + labelled folder -> report files + metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from src.evaluation.batch import predict_folder
+from src.evaluation.report import summary_table, write_report
+from src.serving.loading import load_predictor
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(
+    eval_dir: str | Path,
+    output_dir: str | Path,
+    model_dir: str | Path | None = None,
+    ckpt_path: str | Path | None = None,
+    backend: str = "torch",
+    batch_size: int = 32,
+    num_workers: int = 0,
+    net_name: str | None = None,
+    image_size: int | None = None,
+    decision_rule: str | None = None,
+    print_table: bool = True,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    predictor, model = load_predictor(
+        model_dir=model_dir,
+        ckpt_path=ckpt_path,
+        backend=backend,
+        net_name=net_name,
+        image_size=image_size,
+        decision_rule=decision_rule,
+        onnx_dir=Path(output_dir) / "onnx",
+        device=device,
+    )
+    num_classes = len(model["classes"])
+    start = time.perf_counter()
+    pred = predict_folder(predictor, eval_dir, num_classes, batch_size, num_workers)
+    seconds = time.perf_counter() - start
+    extra = {
+        "eval_dir": str(eval_dir),
+        "model": model,
+        "seconds": seconds,
+        "images_per_s": len(pred.names) / seconds if seconds else None,
+    }
+    metrics = write_report(pred, output_dir, num_classes, extra)
+    table = summary_table(metrics)
+    if print_table:
+        print(table)
+    log.info("Evaluation of %s written to %s", eval_dir, output_dir)
+    return metrics

@@ -1,0 +1,165 @@
+"""The model artifact: one folder (and its ``model.tar.gz``) that every serving path loads.
+
+Layout (the SageMaker PyTorch model layout)::
+
+    <model_dir>/model.pt            CountNet state_dict (tensors only: loads with weights_only=True)
+    <model_dir>/model_config.json   network, image size, decision rule, classes, preprocessing
+    <model_dir>/model.onnx          optional, for the ONNX Runtime backend
+    <model_dir>/code/inference.py   SageMaker handler (model_fn, input_fn, predict_fn, output_fn)
+    <model_dir>/code/requirements.txt
+    <model_dir>/code/src/...        vendored copy of the modules the handler imports
+
+``code/`` is self-contained: with only it on ``sys.path`` the handler imports, so the SageMaker
+inference container needs neither this repository nor Hydra/Lightning.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from src.models.backbones import CountNet
+from src.models.counting import DECISION_RULES
+
+WEIGHTS_FILE = "model.pt"
+CONFIG_FILE = "model_config.json"
+ONNX_FILE = "model.onnx"
+TARBALL = "model.tar.gz"
+
+SRC_ROOT = Path(__file__).resolve().parents[1]  # the `src` package
+# What code/inference.py imports, transitively: copied into code/src/ at export time.
+VENDORED = (
+    "__init__.py",
+    "data/__init__.py",
+    "data/transforms.py",
+    "models/__init__.py",
+    "models/backbones.py",
+    "models/counting.py",
+    "serving/__init__.py",
+    "serving/artifact.py",
+    "serving/handler.py",
+    "serving/onnx_backend.py",
+)
+# The SageMaker PyTorch inference container already has torch, torchvision and Pillow;
+# transforms.v2.RGB needs torchvision >= 0.19 (container >= 2.4).
+REQUIREMENTS = "# torch, torchvision (>= 0.19) and pillow come with the SageMaker PyTorch inference container.\n"
+
+
+def model_config(net: CountNet, image_size: int, decision_rule: str) -> dict[str, Any]:
+    num_classes = net.head[-1].out_features
+    dropout = next((m.p for m in net.head if isinstance(m, nn.Dropout)), 0.0)
+    return {
+        "net": {"name": net_name(net), "num_classes": num_classes, "dropout": float(dropout)},
+        "image_size": int(image_size),
+        "decision_rule": decision_rule,
+        "classes": list(range(num_classes)),
+        "preprocessing": {"resize": [int(image_size)] * 2, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+    }
+
+
+def net_name(net: CountNet) -> str:
+    name = getattr(net, "name", None)
+    if name:
+        return name
+    from src.serving.checkpoint import infer_backbone  # CountNet does not keep its name
+
+    return infer_backbone(net.state_dict())
+
+
+def export_artifact(
+    net: CountNet,
+    image_size: int,
+    decision_rule: str,
+    out_dir: str | Path,
+    *,
+    onnx: bool = False,
+    tarball: bool = True,
+) -> Path:
+    """Write the artifact into ``out_dir`` (and ``model.tar.gz`` beside it). Returns ``out_dir``."""
+    if decision_rule not in DECISION_RULES:
+        raise ValueError(f"Unknown decision rule {decision_rule!r}; valid: {', '.join(DECISION_RULES)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = model_config(net, image_size, decision_rule)
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
+    torch.save(state, out / WEIGHTS_FILE)
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    if onnx:
+        from src.serving.onnx_backend import export_onnx
+
+        export_onnx(net, image_size, out / ONNX_FILE)
+    write_code(out, with_onnx=(out / ONNX_FILE).is_file())
+    if tarball:
+        write_tarball(out)
+    return out
+
+
+def write_code(model_dir: Path, with_onnx: bool = False) -> Path:
+    """``code/inference.py``, ``code/requirements.txt`` and the vendored ``code/src``."""
+    code = model_dir / "code"
+    if (code / "src").exists():
+        shutil.rmtree(code / "src")
+    for rel in VENDORED:
+        dest = code / "src" / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(SRC_ROOT / rel, dest)
+    shutil.copyfile(SRC_ROOT / "serving" / "inference.py", code / "inference.py")
+    requirements = REQUIREMENTS + ("onnxruntime>=1.18\n" if with_onnx else "")
+    (code / "requirements.txt").write_text(requirements)
+    return code
+
+
+def tarball_path(model_dir: str | Path) -> Path:
+    model_dir = Path(model_dir)
+    return model_dir.parent / TARBALL if model_dir.name == "model" else model_dir.parent / f"{model_dir.name}.tar.gz"
+
+
+def write_tarball(model_dir: str | Path) -> Path:
+    """``model.tar.gz`` with the folder's *contents* at the archive root (as SageMaker expects)."""
+    model_dir = Path(model_dir)
+    path = tarball_path(model_dir)
+    tmp = path.with_name(path.name + ".tmp")
+    with tarfile.open(tmp, "w:gz", compresslevel=1) as tar:  # weights barely compress
+        for item in sorted(model_dir.rglob("*")):
+            if "__pycache__" in item.parts:
+                continue
+            tar.add(item, arcname=str(item.relative_to(model_dir)), recursive=False)
+    tmp.replace(path)
+    return path
+
+
+def read_config(model_dir: str | Path) -> dict[str, Any]:
+    model_dir = Path(model_dir)
+    path = model_dir / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: {model_dir} is not a model artifact. Train with train.py (writes "
+            "<run>/model) or export a checkpoint with `python export.py <ckpt> --out <dir>`."
+        )
+    config = json.loads(path.read_text())
+    prep = config.get("preprocessing", {})
+    # Serving applies src.data.transforms.eval_transform; refuse an artifact that expects otherwise.
+    expected = {"resize": [config["image_size"]] * 2, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    for key, value in expected.items():
+        if key in prep and [round(float(v), 6) for v in prep[key]] != [round(float(v), 6) for v in value]:
+            raise ValueError(f"{path}: preprocessing.{key}={prep[key]} differs from this code's {value}")
+    return config
+
+
+def load_artifact(model_dir: str | Path) -> tuple[CountNet, dict[str, Any]]:
+    """Rebuild the network from ``model_config.json`` and load ``model.pt``; eval mode, on CPU."""
+    model_dir = Path(model_dir)
+    config = read_config(model_dir)
+    spec = config["net"]
+    net = CountNet(name=spec["name"], weights=None, num_classes=spec["num_classes"], dropout=spec.get("dropout", 0.0))
+    state = torch.load(model_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    net.load_state_dict(state)
+    net.name = spec["name"]
+    return net.eval(), config

@@ -1,0 +1,435 @@
+"""Model artifact, checkpoint loading, the SageMaker handler, the HTTP app and the shell commands."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from src.models.backbones import CountNet
+from src.serving.app import create_app
+from src.serving.artifact import export_artifact, load_artifact, tarball_path
+from src.serving.checkpoint import infer_backbone, load_checkpoint
+from src.serving.handler import (
+    CountPredictor,
+    decode_request,
+    input_fn,
+    model_fn,
+    output_fn,
+    predict_fn,
+)
+
+IMAGE_SIZE = 64
+
+
+# -- helpers shared with test_serving_parity / test_evaluate ------------------------------------
+def tiny_net(seed: int = 0, name: str = "resnet18") -> CountNet:
+    """Random weights with a sharpened head, so counts are decided by clear margins."""
+    torch.manual_seed(seed)
+    net = CountNet(name, weights=None, num_classes=6).eval()
+    with torch.no_grad():
+        net.head[-1].weight.mul_(30.0)
+    return net
+
+
+def image_bytes(seed: int, fmt: str = "JPEG", size: tuple[int, int] = (96, 80)) -> bytes:
+    rng = np.random.default_rng(seed)
+    array = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def fake_checkpoint(net: CountNet, path: Path, image_size: int = IMAGE_SIZE, rule: str = "argmax") -> Path:
+    """What train.py's ModelCheckpoint writes, reduced to the parts that matter here."""
+    state = {f"net.{k}": v for k, v in net.state_dict().items()}
+    state["criterion.weight"] = torch.ones(6)
+    torch.save(
+        {
+            "state_dict": state,
+            "hyper_parameters": {"decision_rule": rule, "channels_last": False},
+            "datamodule_hyper_parameters": {"image_size": image_size, "num_classes": 6},
+        },
+        path,
+    )
+    return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Two cores shared by several jobs: torch's thread team stalls (10x slower) when its threads
+    are preempted, so these small models run single-threaded here."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory) -> Path:
+    return export_artifact(tiny_net(), IMAGE_SIZE, "argmax", tmp_path_factory.mktemp("art") / "model")
+
+
+@pytest.fixture(scope="module")
+def predictor(artifact) -> CountPredictor:
+    return CountPredictor.from_model_dir(artifact)
+
+
+# -- artifact -------------------------------------------------------------------------------------
+def test_artifact_layout_and_config(artifact):
+    for rel in ("model.pt", "model_config.json", "code/inference.py", "code/requirements.txt"):
+        assert (artifact / rel).is_file(), rel
+    config = json.loads((artifact / "model_config.json").read_text())
+    assert config == {
+        "net": {"name": "resnet18", "num_classes": 6, "dropout": 0.0},
+        "image_size": IMAGE_SIZE,
+        "decision_rule": "argmax",
+        "classes": [0, 1, 2, 3, 4, 5],
+        "preprocessing": {"resize": [64, 64], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+    }
+    state = torch.load(artifact / "model.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    with tarfile.open(tarball_path(artifact)) as tar:
+        names = set(tar.getnames())
+    assert {"model.pt", "model_config.json", "code/inference.py", "code/src/serving/handler.py"} <= names
+    assert not any(n.startswith(("model/", "/")) for n in names)  # contents at the archive root
+
+
+def test_load_artifact_reproduces_the_network(artifact):
+    net, config = load_artifact(artifact)
+    x = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    with torch.no_grad():
+        assert torch.equal(net(x), tiny_net()(x))
+    assert config["decision_rule"] == "argmax"
+
+
+def test_load_artifact_refuses_other_preprocessing(artifact, tmp_path):
+    import shutil
+
+    copy = Path(shutil.copytree(artifact, tmp_path / "model"))
+    config = json.loads((copy / "model_config.json").read_text())
+    config["preprocessing"]["mean"] = [0.5, 0.5, 0.5]
+    (copy / "model_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="preprocessing.mean"):
+        load_artifact(copy)
+    with pytest.raises(FileNotFoundError, match="export.py"):
+        load_artifact(tmp_path)
+
+
+STANDALONE = r"""
+import json, sys
+code_dir, model_dir, image = sys.argv[1:4]
+sys.path[:] = [code_dir] + [p for p in sys.path if "site-packages" in p or "lib/python" in p]
+import inference
+assert inference.__file__.startswith(code_dir), inference.__file__
+import src
+assert src.__file__.startswith(code_dir), src.__file__
+model = inference.model_fn(model_dir)
+data = inference.input_fn(open(image, "rb").read(), "image/jpeg")
+body, ctype = inference.output_fn(inference.predict_fn(data, model), "application/json")
+heavy = [m for m in ("pytorch_lightning", "lightning", "hydra", "omegaconf") if m in sys.modules]
+print(json.dumps({"body": json.loads(body), "ctype": ctype, "heavy": heavy}))
+"""
+
+
+def test_tarball_handler_runs_with_only_its_code_dir(artifact, predictor, tmp_path):
+    """Extract model.tar.gz as SageMaker does and import code/inference.py in a fresh interpreter
+    whose path holds the code dir and site-packages only (no repository)."""
+    extracted = tmp_path / "opt_ml_model"
+    with tarfile.open(tarball_path(artifact)) as tar:
+        tar.extractall(extracted, filter="data")
+    image = tmp_path / "bin.jpg"
+    image.write_bytes(image_bytes(7))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PROJECT_ROOT")}
+    env["OMP_NUM_THREADS"] = "1"
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", STANDALONE, str(extracted / "code"), str(extracted), str(image)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["ctype"] == "application/json"
+    assert got["heavy"] == []
+    [result] = got["body"]["predictions"]
+    [expected] = predictor.predict([Image.open(image).convert("RGB")])
+    assert result["count"] == expected["count"]
+    assert np.allclose(result["probabilities"], expected["probabilities"], atol=1e-4)
+
+
+# -- checkpoints ----------------------------------------------------------------------------------
+def test_checkpoint_loads_without_naming_the_backbone(tmp_path):
+    net = tiny_net(1)
+    ckpt = fake_checkpoint(net, tmp_path / "epoch_003.ckpt", image_size=48, rule="expected")
+    loaded = load_checkpoint(ckpt)
+    assert (loaded.net.name, loaded.image_size, loaded.decision_rule) == ("resnet18", 48, "expected")
+    x = torch.randn(1, 3, 48, 48)
+    with torch.no_grad():
+        assert torch.equal(loaded.net(x), net(x))
+    assert load_checkpoint(ckpt, image_size=64, decision_rule="argmax").image_size == 64
+
+
+def test_backbone_is_recognised_from_weights():
+    assert infer_backbone(CountNet("mobilenet_v2", None, 6).state_dict()) == "mobilenet_v2"
+    assert infer_backbone(CountNet("resnet34", None, 6).state_dict()) == "resnet34"
+    with pytest.raises(ValueError, match="net_name"):
+        infer_backbone({"backbone.conv.weight": torch.zeros(1)})
+
+
+def test_checkpoint_errors_name_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="ckpt_path"):
+        load_checkpoint(tmp_path / "missing.ckpt")
+    torch.save({"state_dict": {"model.w": torch.zeros(1)}}, tmp_path / "other.ckpt")
+    with pytest.raises(ValueError, match="net"):
+        load_checkpoint(tmp_path / "other.ckpt")
+
+
+def test_export_cli_from_checkpoint(tmp_path, capsys):
+    import export
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    ckpt = fake_checkpoint(tiny_net(2), run / "checkpoints" / "last.ckpt")
+    assert export.main([str(ckpt)]) == 0
+    assert (run / "model" / "model_config.json").is_file() and (run / "model.tar.gz").is_file()
+    assert "artifact:" in capsys.readouterr().out
+    net, config = load_artifact(run / "model")
+    assert config["image_size"] == IMAGE_SIZE and config["net"]["name"] == "resnet18"
+
+
+# -- handler --------------------------------------------------------------------------------------
+def test_handler_accepts_every_content_type(predictor):
+    jpeg, png = image_bytes(1), image_bytes(2, "PNG")
+    results = {}
+    for ctype, body in [
+        ("image/jpeg", jpeg),
+        ("application/x-image", jpeg),
+        ("image/png", png),
+        ("application/json", json.dumps({"image": b64(jpeg), "id": "bin-1"})),
+        ("application/json; charset=utf-8", json.dumps(b64(jpeg))),
+    ]:
+        body_out, out_type = output_fn(predict_fn(input_fn(body, ctype), predictor), "application/json")
+        assert out_type == "application/json"
+        [result] = json.loads(body_out)["predictions"]
+        assert set(result) >= {"count", "confidence", "probabilities"}
+        assert 0 <= result["count"] <= 5 and len(result["probabilities"]) == 6
+        assert abs(sum(result["probabilities"]) - 1) < 1e-5
+        assert result["confidence"] == result["probabilities"][result["count"]]
+        results[ctype] = result
+    assert results["application/json"]["id"] == "bin-1"
+    assert results["image/jpeg"]["probabilities"] == results["application/x-image"]["probabilities"]
+    assert np.allclose(results["image/jpeg"]["probabilities"], results["application/json; charset=utf-8"]["probabilities"])
+
+
+def test_handler_json_list_and_jsonlines(predictor):
+    images = [image_bytes(i) for i in range(3)]
+    single = [json.loads(output_fn(predict_fn(input_fn(im, "image/jpeg"), predictor), None)[0])["predictions"][0] for im in images]
+    listed = json.loads(output_fn(predict_fn(input_fn(json.dumps({"images": [b64(i) for i in images]}), "application/json"), predictor), "*/*")[0])
+    assert [r["count"] for r in listed["predictions"]] == [r["count"] for r in single]
+    # Batch transform: SplitType=Line, one record per line in, one line per record out.
+    lines = "\n".join(json.dumps({"id": n, "image": b64(im)}) for n, im in enumerate(images)) + "\n"
+    body, ctype = output_fn(predict_fn(input_fn(lines, "application/jsonlines"), predictor), None)
+    assert ctype == "application/jsonlines"
+    out = [json.loads(line) for line in body.splitlines()]
+    assert [r["id"] for r in out] == [0, 1, 2]
+    assert [r["count"] for r in out] == [r["count"] for r in single]
+    for got, want in zip(out, single, strict=True):
+        assert np.allclose(got["probabilities"], want["probabilities"], atol=1e-5)
+
+
+def _status(call) -> tuple[int, str]:
+    with pytest.raises(Exception) as info:
+        call()
+    err = info.value
+    assert json.loads(err.body) == {"error": err.detail, "status": err.status_code}
+    return err.status_code, err.detail
+
+
+def test_handler_rejects_bad_requests(predictor):
+    jpeg = image_bytes(3)
+    big = io.BytesIO()
+    Image.new("1", (8000, 8000)).save(big, format="PNG")  # 64 MP, a few kB: a decompression bomb
+    cases = [
+        (lambda: decode_request(jpeg, "text/plain"), 415, "Unsupported content type"),
+        (lambda: decode_request(b"not an image", "image/jpeg"), 400, "Could not decode"),
+        (lambda: decode_request(jpeg[: len(jpeg) // 2], "image/jpeg"), 400, "Could not decode"),
+        (lambda: decode_request(image_bytes(4, "GIF"), "image/jpeg"), 400, "JPEG or PNG"),
+        (lambda: decode_request(b"", "image/png"), 400, "Empty image"),
+        (lambda: decode_request(big.getvalue(), "image/png"), 400, "exceeds the limit"),
+        (lambda: decode_request(jpeg, "image/jpeg", max_pixels=1000), 400, "exceeds the limit"),
+        (lambda: decode_request(jpeg, "image/jpeg", max_body_bytes=100), 413, "exceeds the limit"),
+        (lambda: decode_request(json.dumps({"image": "https://example.com/a.jpg"}), "application/json"), 400, "URLs are not fetched"),
+        (lambda: decode_request(json.dumps({"image": "%%%"}), "application/json"), 400, "not valid base64"),
+        (lambda: decode_request("{nope", "application/json"), 400, "invalid JSON"),
+        (lambda: decode_request(json.dumps({"url": "x"}), "application/json"), 400, "expected"),
+        (lambda: decode_request(json.dumps([b64(jpeg)]), "application/jsonlines"), 400, "one image per line"),
+        (lambda: output_fn(predict_fn(decode_request(jpeg, "image/jpeg"), predictor), "text/csv"), 406, "Cannot answer"),
+    ]
+    for call, status, message in cases:
+        got_status, detail = _status(call)
+        assert (got_status, message in detail) == (status, True), (status, message, detail)
+
+
+def test_model_fn_loads_the_artifact(artifact):
+    model = model_fn(str(artifact))
+    assert model.backend == "torch" and model.image_size == IMAGE_SIZE
+    assert model.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(FileNotFoundError, match="--onnx"):
+        CountPredictor.from_model_dir(artifact, backend="onnx")
+
+
+# -- HTTP app -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def client(predictor):
+    with TestClient(create_app(predictor, max_body_bytes=200_000), raise_server_exceptions=False) as c:
+        yield c
+
+
+def test_app_ping_and_invocations(client, predictor):
+    assert client.get("/ping").json()["status"] == "ok"
+    jpeg = image_bytes(5)
+    r = client.post("/invocations", content=jpeg, headers={"content-type": "image/jpeg"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
+    [direct] = json.loads(output_fn(predict_fn(input_fn(jpeg, "image/jpeg"), predictor), None)[0])["predictions"]
+    [result] = r.json()["predictions"]
+    assert result["count"] == direct["count"]
+    assert np.allclose(result["probabilities"], direct["probabilities"], atol=1e-6)
+    r = client.post(
+        "/invocations",
+        content=json.dumps({"image": b64(jpeg)}) + "\n",
+        headers={"content-type": "application/jsonlines", "accept": "application/jsonlines"},
+    )
+    assert r.status_code == 200 and len(r.text.splitlines()) == 1
+
+
+def test_app_bad_requests_get_json_errors_and_serving_continues(client):
+    jpeg = image_bytes(6)
+
+    def chunks():
+        for _ in range(10):
+            yield b"\xff" * 30_000
+
+    bad = [
+        (dict(content=jpeg, headers={"content-type": "text/csv"}), 415),
+        (dict(content=b"garbage", headers={"content-type": "image/png"}), 400),
+        (dict(content=b"\x00" * 250_000, headers={"content-type": "image/jpeg"}), 413),
+        (dict(content=chunks(), headers={"content-type": "image/jpeg"}), 413),  # chunked: no length
+        (dict(content="{]", headers={"content-type": "application/json"}), 400),
+        (dict(content=jpeg, headers={"content-type": "image/jpeg", "accept": "text/html"}), 406),
+    ]
+    for kwargs, status in bad:
+        r = client.post("/invocations", **kwargs)
+        assert r.status_code == status, (status, r.text)
+        body = r.json()
+        assert body["status"] == status and body["error"]
+        assert client.post("/invocations", content=jpeg, headers={"content-type": "image/jpeg"}).status_code == 200
+    assert client.get("/nope").json()["status"] == 404
+
+
+def test_real_server_under_concurrent_load(predictor):
+    """uvicorn on 127.0.0.1: 8 clients send 200 requests in all, with bad ones mixed in."""
+    import socket
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(predictor), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.05)
+    images = [image_bytes(100 + i) for i in range(8)]
+    expected = [predictor.predict([Image.open(io.BytesIO(im)).convert("RGB")])[0]["count"] for im in images]
+
+    def client_loop(worker: int) -> list[tuple[int, int, object]]:
+        out = []
+        with httpx.Client(base_url=base, timeout=60) as http:
+            for i in range(25):  # 8 x 25 = 200 requests
+                k = (worker + i) % len(images)
+                if i % 10 == 9:  # a bad request now and then
+                    r = http.post("/invocations", content=b"junk", headers={"content-type": "image/jpeg"})
+                    out.append((k, r.status_code, None))
+                    continue
+                r = http.post("/invocations", content=images[k], headers={"content-type": "image/jpeg"})
+                out.append((k, r.status_code, r.json()["predictions"][0]["count"] if r.status_code == 200 else r.text))
+        return out
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            results = [item for chunk in pool.map(client_loop, range(8)) for item in chunk]
+        assert len(results) == 200
+        good = [(k, s, c) for k, s, c in results if c is not None]
+        assert len(good) == 184 and all(s == 200 for _, s, _ in good), [g for g in good if g[1] != 200][:3]
+        assert all(c == expected[k] for k, _, c in good)
+        assert sorted({s for _, s, c in results if c is None}) == [400]
+        assert httpx.get(f"{base}/ping").status_code == 200  # still serving
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+# -- predict from the shell -----------------------------------------------------------------------
+def test_predict_cli_lines_json_and_errors(artifact, predictor, tmp_path, capsys):
+    import predict
+
+    folder = tmp_path / "imgs"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.jpg").write_bytes(image_bytes(11))
+    (folder / "sub" / "b.png").write_bytes(image_bytes(12, "PNG"))
+    (folder / "notes.txt").write_text("ignored")
+    assert predict.main(["--model-dir", str(artifact), str(folder)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [Path(line.split("\t")[0]).name for line in lines] == ["a.jpg", "b.png"]
+    name, count, confidence = lines[0].split("\t")
+    [want] = predictor.predict([Image.open(folder / "a.jpg").convert("RGB")])
+    assert int(count) == want["count"] and abs(float(confidence) - want["confidence"]) < 1e-3
+
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff broken")
+    assert predict.main(["--model-dir", str(artifact), "--json", str(folder / "a.jpg"), str(folder / "broken.jpg")]) == 1
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    assert [p["count"] for p in doc["predictions"]] == [want["count"]]
+    assert doc["errors"][0]["name"].endswith("broken.jpg") and "broken.jpg" in captured.err
+    assert predict.main(["--model-dir", str(artifact), str(tmp_path / "missing")]) == 2
+
+
+# -- training writes the artifact ---------------------------------------------------------------
+@pytest.mark.slow  # ~20 s; the default run still exports artifacts inside test_train's runs
+def test_train_writes_the_artifact_of_the_best_checkpoint(tiny_cfg, tmp_path):
+    from src.serving.loading import load_predictor
+    from src.training.pipeline import train
+
+    metrics, objects = train(tiny_cfg("debug=limit", "trainer.max_epochs=1", "test=false"))
+    model_dir = tmp_path / "model"
+    assert objects["artifact_dir"] == metrics["artifact_dir"] == str(model_dir)
+    assert json.loads((tmp_path / "metrics.json").read_text())["artifact_dir"] == str(model_dir)
+    assert (tmp_path / "model.tar.gz").is_file()
+    best = objects["trainer"].checkpoint_callback.best_model_path
+    from_ckpt, _ = load_predictor(ckpt_path=best)
+    from_dir, described = load_predictor(model_dir=model_dir)
+    assert described["image_size"] == 64 and described["net"]["name"] == "resnet18"
+    x = torch.randn(4, 3, 64, 64)
+    assert torch.allclose(from_ckpt.probabilities(x), from_dir.probabilities(x), atol=1e-6)
