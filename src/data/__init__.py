@@ -1,0 +1,1 @@
+"""Data: synthetic bins, ABID preparation, the DataModule and the one preprocessing definition."""

@@ -1,0 +1,153 @@
+"""LightningDataModule over ``<data_dir>/{train,val,test}/<count>/*.jpg``."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset, WeightedRandomSampler, default_collate
+
+from src.data.images import CountFolder
+from src.data.transforms import build_transform
+
+log = logging.getLogger(__name__)
+
+PREPARE_HINT = (
+    "Prepare ABID with `python prepare_data.py source=<s3://aft-vbi-pds or a local copy> "
+    "output={path}`, point data.data_dir at a prepared folder, or train on built-in data with "
+    "`data=synthetic`."
+)
+
+
+def skip_bad_collate(batch: list):
+    """Drop items the dataset could not decode (returned as None) instead of failing the epoch."""
+    return default_collate([item for item in batch if item is not None])
+
+
+def stratified_subset(targets: list[int], fraction: float, seed: int) -> list[int]:
+    """Indices of a seeded, per-class ``fraction`` of the samples (at least one per class)."""
+    rng = np.random.default_rng(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, t in enumerate(targets):
+        by_class.setdefault(t, []).append(i)
+    keep: list[int] = []
+    for _, idx in sorted(by_class.items()):
+        n = max(1, round(len(idx) * fraction))
+        keep += rng.choice(idx, size=n, replace=False).tolist()
+    return sorted(keep)
+
+
+class BinDataModule(pl.LightningDataModule):
+    """Train/val/test loaders for count classification.
+
+    ``subset`` keeps a stratified, seeded fraction of the *training* split (the card's
+    ``data.subset=0.1``); validation and test stay whole so metrics remain comparable.
+    ``weighted_sampler`` draws training images with probability inverse to their class frequency.
+    """
+
+    def __init__(
+        self,
+        data_dir: str,
+        num_classes: int = 6,
+        image_size: int = 224,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        subset: float = 1.0,
+        weighted_sampler: bool = False,
+        hflip: bool = True,
+        seed: int = 42,
+        generator: dict | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        if not 0.0 < subset <= 1.0:
+            raise ValueError(f"data.subset must be in (0, 1], got {subset}")
+        self.data_dir = Path(data_dir)
+        self.generator = generator
+        self.datasets: dict[str, Dataset] = {}
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        if self.generator:  # built-in synthetic data: generate once, reuse afterwards
+            from src.data.synthetic import ensure_imagefolder
+
+            ensure_imagefolder(self.data_dir, **self.generator)
+
+    def _split(self, split: str, train: bool) -> CountFolder:
+        folder = self.data_dir / split
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"Data folder {folder} does not exist. " + PREPARE_HINT.format(path=self.data_dir)
+            )
+        hp = self.hparams
+        dataset = CountFolder(folder, hp.num_classes, build_transform(hp.image_size, train, hp.hflip))
+        if len(dataset) == 0:
+            raise FileNotFoundError(
+                f"Data folder {folder} holds no readable images in 0..{hp.num_classes - 1}/. "
+                + PREPARE_HINT.format(path=self.data_dir)
+            )
+        return dataset
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and "train" not in self.datasets:
+            train = self._split("train", train=True)
+            if self.hparams.subset < 1.0:
+                keep = stratified_subset(train.targets, self.hparams.subset, self.hparams.seed)
+                self.train_targets = [train.targets[i] for i in keep]
+                train = Subset(train, keep)
+            else:
+                self.train_targets = list(train.targets)
+            self.datasets["train"] = train
+            self.datasets["val"] = self._split("val", train=False)
+            log.info("Training images per count: %s", self.class_counts.tolist())
+        if stage in (None, "validate") and "val" not in self.datasets:
+            self.datasets["val"] = self._split("val", train=False)
+        if stage in (None, "test") and "test" not in self.datasets:
+            self.datasets["test"] = self._split("test", train=False)
+
+    @property
+    def class_counts(self) -> torch.Tensor:
+        """Images per count in the (possibly subset) training split."""
+        counts = Counter(self.train_targets)
+        return torch.tensor([counts.get(c, 0) for c in range(self.hparams.num_classes)])
+
+    # -- loaders --------------------------------------------------------------------------------
+    def _loader(self, split: str, shuffle: bool = False, sampler=None) -> DataLoader:
+        hp = self.hparams
+        workers = hp.num_workers
+        return DataLoader(
+            self.datasets[split],
+            batch_size=hp.batch_size if split == "train" else (hp.eval_batch_size or hp.batch_size),
+            shuffle=shuffle,
+            sampler=sampler,
+            num_workers=workers,
+            pin_memory=hp.pin_memory,
+            persistent_workers=hp.persistent_workers and workers > 0,
+            collate_fn=skip_bad_collate,
+            drop_last=False,
+        )
+
+    def train_sampler(self) -> WeightedRandomSampler | None:
+        if not self.hparams.weighted_sampler:
+            return None
+        counts = self.class_counts.clamp(min=1).double()
+        weights = (1.0 / counts)[torch.tensor(self.train_targets)]
+        generator = torch.Generator().manual_seed(self.hparams.seed)
+        return WeightedRandomSampler(weights, num_samples=len(weights), replacement=True, generator=generator)
+
+    def train_dataloader(self) -> DataLoader:
+        sampler = self.train_sampler()
+        return self._loader("train", shuffle=sampler is None, sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")

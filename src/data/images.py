@@ -1,0 +1,101 @@
+"""Reading bin images safely: a cheap validity check and an ImageFolder that skips bad files."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+from PIL import Image
+from torchvision.datasets import ImageFolder
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+JPEG_MAGIC = b"\xff\xd8\xff"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def image_problem(path: str | Path) -> str | None:
+    """Why ``path`` is not a usable image, or None. Reads a few bytes, never decodes.
+
+    Catches what a crawled dataset really contains: empty files, non-images with an image
+    extension, and truncated JPEGs (no end-of-image marker).
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if not head:
+                return "empty file"
+            if head.startswith(JPEG_MAGIC):
+                f.seek(-2, 2)
+                # Some encoders pad after EOI; look for the marker near the end, not only at it.
+                f.seek(max(0, f.tell() - 64))
+                if b"\xff\xd9" not in f.read():
+                    return "truncated JPEG (no end-of-image marker)"
+                return None
+            if head.startswith(PNG_MAGIC):
+                return None
+            return "not a JPEG or PNG"
+    except OSError as err:
+        return f"unreadable ({err.strerror or err})"
+
+
+class CountFolder(ImageFolder):
+    """ImageFolder whose class index *is* the object count: folder ``3`` is class 3.
+
+    Class folders are ``0..num_classes-1`` whatever subset exists on disk (torchvision would
+    otherwise renumber them alphabetically and silently shift labels when a class is missing).
+    Files that fail the validity check are skipped and counted in ``skipped``.
+    """
+
+    def __init__(self, root: str | Path, num_classes: int = 6, transform: Callable | None = None):
+        self.num_classes = num_classes
+        self.skipped: list[tuple[str, str]] = []
+        super().__init__(str(root), transform=transform, is_valid_file=self._keep, allow_empty=True)
+        for name in sorted(p.name for p in Path(root).iterdir() if p.is_dir()):
+            if name not in self.class_to_idx:
+                log.warning("Ignoring folder %s/%s: counts are 0..%d", root, name, num_classes - 1)
+        present = set(self.targets)
+        empty = [c for c in self.classes if self.class_to_idx[c] not in present]
+        if empty:
+            log.warning("No images for count(s) %s in %s", ", ".join(empty), root)
+        if self.skipped:
+            log.warning(
+                "Skipped %d unreadable image(s) in %s, e.g. %s (%s)",
+                len(self.skipped), root, *self.skipped[0],
+            )
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        classes = [str(i) for i in range(self.num_classes)]
+        present = [c for c in classes if (Path(directory) / c).is_dir()]
+        if not present:
+            raise FileNotFoundError(
+                f"{directory} has no count folders 0..{self.num_classes - 1}; "
+                "expected <split>/<count>/<image>.jpg"
+            )
+        return classes, {c: i for i, c in enumerate(classes)}
+
+    def _keep(self, path: str) -> bool:
+        if not path.lower().endswith(IMAGE_EXTENSIONS):
+            return False
+        problem = image_problem(path)
+        if problem:
+            self.skipped.append((path, problem))
+        return problem is None
+
+    def __getitem__(self, index: int) -> Any:
+        path, target = self.samples[index]
+        try:
+            image = self.loader(path)
+        except OSError as err:  # decodes badly despite a valid header: skip in collate
+            log.warning("Skipping %s: %s", path, err)
+            return None
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, target
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    with Image.open(path) as img:
+        return img.convert("RGB")

@@ -1,0 +1,44 @@
+"""The one preprocessing definition shared by training, evaluation and serving.
+
+Serving imports this module too, so it depends on torchvision alone (no Lightning, no Hydra).
+Training and inference see the same resize and ImageNet normalisation: the capstone skipped the
+normalisation at inference and its served predictions were skewed.
+"""
+
+from __future__ import annotations
+
+from torchvision.transforms import v2 as T
+import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def eval_transform(image_size: int = 224) -> T.Compose:
+    """PIL image or uint8 tensor -> normalised float tensor (3, image_size, image_size)."""
+    return T.Compose(
+        [
+            T.ToImage(),
+            T.RGB(),
+            T.Resize((image_size, image_size), antialias=True),
+            T.ToDtype(torch.float32, scale=True),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+def train_transform(image_size: int = 224, hflip: bool = True) -> T.Compose:
+    """Evaluation preprocessing plus the training-time augmentation (horizontal flip)."""
+    steps = [
+        T.ToImage(),
+        T.RGB(),
+        T.Resize((image_size, image_size), antialias=True),
+    ]
+    if hflip:
+        steps.append(T.RandomHorizontalFlip())
+    steps += [T.ToDtype(torch.float32, scale=True), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    return T.Compose(steps)
+
+
+def build_transform(image_size: int = 224, train: bool = False, hflip: bool = True) -> T.Compose:
+    return train_transform(image_size, hflip) if train else eval_transform(image_size)
