@@ -44,11 +44,11 @@ def resnet18(seed: int = 0) -> CountNet:
 def test_unchanged_key_reuses_without_recomputing(small_split, tmp_path):
     net = resnet18()
     seen = counted(net)
-    first = load(FeatureCache(tmp_path, net.backbone, "resnet18", batch_size=10), small_split)
+    first = load(FeatureCache(tmp_path, net.backbone, "resnet18", batch_size=10, engine="torch"), small_split)
     assert seen[0] == 24 and first.features.shape == (24, 512)
     files = list(tmp_path.glob("*.pt"))
     mtime = files[0].stat().st_mtime_ns
-    again_cache = FeatureCache(tmp_path, net.backbone, "resnet18")
+    again_cache = FeatureCache(tmp_path, net.backbone, "resnet18", engine="torch")
     again = load(again_cache, small_split)
     assert seen[0] == 24 and again_cache.computed == 0  # no backbone forward on a hit
     assert list(tmp_path.glob("*.pt")) == files and files[0].stat().st_mtime_ns == mtime
@@ -101,6 +101,9 @@ def test_flipped_variant_is_the_flipped_image(small_split, tmp_path):
         expected = net.eval().backbone(image.flip(-1)[None])[0]
     assert torch.allclose(feats.flipped[3], expected, atol=1e-4)
     assert not torch.allclose(feats.flipped[3], feats.features[3], atol=1e-3)
+    # The default CPU engine (ONNX Runtime) agrees with the eager backbone.
+    with torch.no_grad():
+        assert torch.allclose(feats.features[3], net.backbone(image[None])[0], atol=1e-4)
     # A request without the flip is another key (the flip doubles the work; eval splits skip it).
     assert len(load(FeatureCache(tmp_path, net.backbone, "resnet18"), small_split)) == 24
     assert len(list(tmp_path.glob("*.pt"))) == 2

@@ -8,6 +8,9 @@ torchvision weights name, a local file and a random init are all told apart), th
 byte sizes, modification times, labels). Any change gives a new key, hence a fresh computation;
 an unchanged key loads the file and runs no backbone forward pass at all.
 
+The feature pass runs on ONNX Runtime on a CPU (about twice eager PyTorch there; features agree
+to ~1e-5) and in PyTorch (channels_last) on a GPU; ``engine`` forces one.
+
 Horizontal flip augmentation commutes with the resize and the normalisation, so the flipped image's
 features are ``backbone(x.flip(-1))``: both variants are cached for the training split, and
 :class:`CachedFeatures` picks one per sample with the same random draw (``torch.rand(1) < 0.5``)
@@ -20,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +129,11 @@ class FeatureCache:
         batch_size: int = 64,
         num_workers: int = 0,
         channels_last: bool = True,
+        engine: str = "auto",
     ):
+        if engine not in ("auto", "torch", "onnxruntime"):
+            raise ValueError(f"Feature cache engine must be auto, torch or onnxruntime, got {engine!r}")
+        self.engine = engine
         self.root = Path(root)
         self.backbone = backbone
         self.backbone_name = backbone_name
@@ -164,7 +172,7 @@ class FeatureCache:
                 log.info("Feature cache hit: %s (%d images)", path, len(entry["features"]))
                 return CachedFeatures(entry["features"], entry["targets"], entry.get("flipped"))
             log.warning("Feature cache %s holds another key; recomputing", path)
-        entry = self._compute(dataset, flipped, torch.device(device))
+        entry = self._compute(dataset, flipped, torch.device(device), image_size)
         entry["key"] = json.dumps(key, sort_keys=True)
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -173,8 +181,30 @@ class FeatureCache:
         log.info("Feature cache written: %s (%d images, flipped=%s)", path, len(entry["features"]), flipped)
         return CachedFeatures(entry["features"], entry["targets"], entry.get("flipped"))
 
-    @torch.inference_mode()
-    def _compute(self, dataset: CountFolder, flipped: bool, device: torch.device) -> dict[str, Any]:
+    def _runner(self, device: torch.device, image_size: int, tmp: Path):
+        """The backbone as ``fn(batch) -> features``: ONNX Runtime on CPU (~2x eager there), else torch."""
+        use_ort = self.engine == "onnxruntime" or (self.engine == "auto" and device.type == "cpu")
+        if use_ort:
+            try:
+                import onnxruntime as ort
+            except ImportError:
+                if self.engine == "onnxruntime":
+                    raise
+                use_ort = False
+        if not use_ort:
+            cl = self.channels_last
+            return lambda x: self.backbone(x.contiguous(memory_format=torch.channels_last) if cl else x)
+        path = tmp / "backbone.onnx"
+        torch.onnx.export(
+            self.backbone, (torch.zeros(2, 3, image_size, image_size),), str(path), input_names=["x"],
+            dynamic_axes={"x": {0: "n"}}, opset_version=17, dynamo=False,
+        )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return lambda x: torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
+
+    def _compute(self, dataset: CountFolder, flipped: bool, device: torch.device, image_size: int) -> dict[str, Any]:
         backbone = self.backbone
         was_training, home = backbone.training, next(backbone.parameters()).device
         backbone.eval().to(device)
@@ -185,18 +215,18 @@ class FeatureCache:
         )
         feats, flips, kept = [], [], []
         try:
-            for batch in loader:
-                if batch is None:
-                    continue
-                x, idx = batch
-                x = x.to(device, non_blocking=True)
-                if self.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                feats.append(backbone(x).float().cpu())
-                if flipped:
-                    flips.append(backbone(x.flip(-1)).float().cpu())
-                kept.append(idx)
-                self.computed += len(idx)
+            with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
+                run = self._runner(device, image_size, Path(tmp))
+                for batch in loader:
+                    if batch is None:
+                        continue
+                    x, idx = batch
+                    x = x.to(device, non_blocking=True)
+                    feats.append(run(x).float().cpu())
+                    if flipped:
+                        flips.append(run(x.flip(-1).contiguous()).float().cpu())
+                    kept.append(idx)
+                    self.computed += len(idx)
         finally:
             backbone.to(home).train(was_training)
         if not kept:
