@@ -8,8 +8,8 @@ Needs neither Lightning nor Hydra, so an endpoint can use it.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
