@@ -47,6 +47,8 @@ class BinDataModule(pl.LightningDataModule):
     ``subset`` keeps a stratified, seeded fraction of the *training* split (the card's
     ``data.subset=0.1``); validation and test stay whole so metrics remain comparable.
     ``weighted_sampler`` draws training images with probability inverse to their class frequency.
+    ``feature_cache`` makes the training pipeline use ``FeatureDataModule`` (cached frozen-backbone
+    features, stored under ``feature_cache_dir``) instead of this class.
     """
 
     def __init__(
@@ -64,6 +66,8 @@ class BinDataModule(pl.LightningDataModule):
         hflip: bool = True,
         seed: int = 42,
         generator: dict | None = None,
+        feature_cache: bool = False,
+        feature_cache_dir: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)

@@ -37,6 +37,7 @@ class BinCounter(pl.LightningModule):
         scheduler_monitor: str = "val/loss",
         decision_rule: str = "argmax",
         channels_last: bool = False,
+        compile: bool = False,
     ):
         super().__init__()
         # Checkpoints hold plain values only, so they load with torch.load(weights_only=True).
@@ -67,15 +68,26 @@ class BinCounter(pl.LightningModule):
             log.info("Loss class weights: %s", [round(w, 3) for w in self.criterion.weight.tolist()])
         if self.hparams.channels_last:
             self.net.to(memory_format=torch.channels_last)
+        if self.hparams.compile:
+            self.net.compile()  # compiles the call in place: state_dict keys stay unchanged
 
     def on_train_start(self) -> None:
         self.val_acc_best.reset()  # a resumed or re-fitted run starts its own record
 
+    def on_train_epoch_start(self) -> None:
+        # Lightning restores each submodule's own train/eval flag around validation (captured before
+        # any .train() call), bypassing CountNet.train(): without this a frozen backbone's BatchNorm
+        # would normalise with batch statistics and drift its running statistics.
+        self.net.train()
+
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         x, y = batch
-        if self.hparams.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        logits = self(x)
+        if x.ndim == 2:  # cached backbone features (data.feature_cache): only the head runs
+            logits = self.net.head(x)
+        else:
+            if self.hparams.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            logits = self(x)
         loss = self.criterion(logits, y)
         preds = predict_counts(logits.softmax(-1), self.hparams.decision_rule)
         self.losses[f"{stage}_loss"].update(loss.detach(), weight=len(y))

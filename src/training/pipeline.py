@@ -16,13 +16,24 @@ from src.utils.config import instantiate_group, write_metrics
 log = logging.getLogger(__name__)
 
 
+def feature_datamodule(cfg: DictConfig, model: pl.LightningModule) -> pl.LightningDataModule:
+    """The datamodule of cached frozen-backbone features (``data.feature_cache=true``)."""
+    from src.data.feature_cache import FeatureDataModule
+
+    datamodule = instantiate(cfg.data, _target_=f"{FeatureDataModule.__module__}.{FeatureDataModule.__name__}")
+    datamodule.attach(model.net, name=cfg.model.net.get("name"))  # raises unless fully frozen
+    return datamodule
+
+
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit, test the best checkpoint, write ``metrics.json``. Returns (metrics, objects)."""
     pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
 
-    datamodule: pl.LightningDataModule = instantiate(cfg.data)
     model: pl.LightningModule = instantiate(cfg.model)
+    datamodule: pl.LightningDataModule = (
+        feature_datamodule(cfg, model) if cfg.data.get("feature_cache") else instantiate(cfg.data)
+    )
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
