@@ -10,11 +10,11 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 
-from src.data.feature_cache import FeatureCache
 from src.data.images import CountFolder
 from src.data.synthetic import make_imagefolder
 from src.data.transforms import eval_transform
 from src.models.backbones import CountNet
+from src.models.feature_cache import FeatureCache
 from src.training.pipeline import train
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +19,7 @@ from src.evaluation.runner import evaluate
 from src.serving.app import create_app
 from src.serving.artifact import export_artifact
 from src.serving.handler import CountPredictor, input_fn, model_fn, output_fn, predict_fn
-from tests.test_serving import IMAGE_SIZE, fake_checkpoint, one_torch_thread, tiny_net  # noqa: F401
+from tests.test_serving import IMAGE_SIZE, STANDALONE, fake_checkpoint, one_torch_thread, tiny_net  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +100,12 @@ def test_onnx_backend_agrees(setup, monkeypatch):
     assert_same(batch, onnx_batch, 1e-3)
     metrics = [json.loads((root / d / "metrics.json").read_text()) for d in ("eval_torch", "eval_onnx")]
     assert metrics[0]["confusion_matrix"] == metrics[1]["confusion_matrix"]
+    # The vendored code/ alone (no repository on the path) runs the ONNX backend too.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PROJECT_ROOT")}
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", STANDALONE, str(model_dir / "code"), str(model_dir), str(images / names[0])],
+        cwd=root, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["heavy"] == [] and got["body"]["predictions"][0]["count"] == batch[names[0]][0]

@@ -33,27 +33,38 @@ def torch_predictor(net: nn.Module, channels_last: bool = True, compile: bool = 
 
 
 def export_onnx(net: nn.Module, path: str | Path, image_size: int = 224, opset: int = 17) -> Path:
-    """Write ``net`` as ONNX with a dynamic batch axis: input ``images`` (N,3,S,S) -> ``logits``."""
+    """Write ``net`` as ONNX with a dynamic batch axis: input ``images`` (N,3,S,S) -> output ``logits``.
+
+    The one ONNX export of this project: the serving artifact, the feature cache and the benchmarks use it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    was_training = net.training
+    net.eval()
     example = torch.zeros(2, 3, image_size, image_size)
     # The TorchScript exporter: a fraction of the dynamo exporter's time for a plain CNN, same graph.
     torch.onnx.export(
-        net.eval(), (example,), str(path), input_names=["images"], output_names=["logits"],
+        net, (example,), str(path), input_names=["images"], output_names=["logits"],
         dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset, dynamo=False,
     )
+    net.train(was_training)
     return path
 
 
 class OnnxPredictor:
-    """ONNX Runtime CPU session: ``predictor(images) -> logits`` (numpy or torch in, numpy out)."""
+    """ONNX Runtime CPU session: ``predictor(images) -> outputs`` (numpy or torch in, numpy out).
+
+    Threads: ``threads``, else ``$BINCOUNT_ORT_THREADS``, else torch's intra-op thread count.
+    Safe to call from several threads at once.
+    """
 
     def __init__(self, path: str | Path, threads: int | None = None):
         import onnxruntime as ort  # serving-only dependency: imported when used
 
+        threads = threads or int(os.environ.get("BINCOUNT_ORT_THREADS", "0")) or torch.get_num_threads()
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or torch.get_num_threads() or os.cpu_count() or 1
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name

@@ -42,10 +42,10 @@ VENDORED = (
     "models/__init__.py",
     "models/backbones.py",
     "models/counting.py",
+    "models/fast_inference.py",
     "serving/__init__.py",
     "serving/artifact.py",
     "serving/handler.py",
-    "serving/onnx_backend.py",
 )
 # The SageMaker PyTorch inference container already has torch, torchvision and Pillow;
 # transforms.v2.RGB needs torchvision >= 0.19 (container >= 2.4).
@@ -92,9 +92,9 @@ def export_artifact(
     torch.save(state, out / WEIGHTS_FILE)
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     if onnx:
-        from src.serving.onnx_backend import export_onnx
+        from src.models.fast_inference import export_onnx
 
-        export_onnx(net, image_size, out / ONNX_FILE)
+        export_onnx(net, out / ONNX_FILE, image_size)
     write_code(out, with_onnx=(out / ONNX_FILE).is_file())
     if tarball:
         write_tarball(out)

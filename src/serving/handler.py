@@ -238,13 +238,13 @@ class CountPredictor:
             net = net.eval().to(self.device)
             self.net = net.to(memory_format=torch.channels_last) if channels_last else net
         elif backend == "onnx":
-            from src.serving.onnx_backend import OnnxRunner
+            from src.models.fast_inference import OnnxPredictor
 
             if onnx_path is None or not Path(onnx_path).is_file():
                 raise FileNotFoundError(
                     f"ONNX model {onnx_path} not found; export it with `python export.py --model-dir <dir> --onnx`"
                 )
-            self.runner = OnnxRunner(onnx_path)
+            self.runner = OnnxPredictor(onnx_path)
         else:
             raise ValueError(f"Unknown backend {backend!r}; valid: torch, onnx")
 

@@ -41,11 +41,11 @@ def load_predictor(
     loaded = load_checkpoint(ckpt_path, net_name=net_name, image_size=image_size, decision_rule=decision_rule)
     config = model_config(loaded.net, loaded.image_size, loaded.decision_rule)
     if backend == "onnx":
-        from src.serving.onnx_backend import export_onnx
+        from src.models.fast_inference import export_onnx
 
         folder = Path(onnx_dir) if onnx_dir else Path(tempfile.mkdtemp(prefix="bincount-onnx-"))
         folder.mkdir(parents=True, exist_ok=True)
-        onnx_path = export_onnx(loaded.net, loaded.image_size, folder / ONNX_FILE)
+        onnx_path = export_onnx(loaded.net, folder / ONNX_FILE, loaded.image_size)
         predictor = CountPredictor(None, config, "onnx", onnx_path)
     else:
         predictor = CountPredictor(loaded.net, config, backend, device=device)

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 def feature_datamodule(cfg: DictConfig, model: pl.LightningModule) -> pl.LightningDataModule:
     """The datamodule of cached frozen-backbone features (``data.feature_cache=true``)."""
-    from src.data.feature_cache import FeatureDataModule
+    from src.models.feature_cache import FeatureDataModule
 
     datamodule = instantiate(cfg.data, _target_=f"{FeatureDataModule.__module__}.{FeatureDataModule.__name__}")
     datamodule.attach(model.net, name=cfg.model.net.get("name"))  # raises unless fully frozen

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from src.data.datamodule import BinDataModule
 from src.data.images import CountFolder
 from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from src.models.fast_inference import OnnxPredictor, export_onnx
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ class FeatureCache:
         use_ort = self.engine == "onnxruntime" or (self.engine == "auto" and device.type == "cpu")
         if use_ort:
             try:
-                import onnxruntime as ort
+                import onnxruntime  # noqa: F401
             except ImportError:
                 if self.engine == "onnxruntime":
                     raise
@@ -194,15 +195,8 @@ class FeatureCache:
         if not use_ort:
             cl = self.channels_last
             return lambda x: self.backbone(x.contiguous(memory_format=torch.channels_last) if cl else x)
-        path = tmp / "backbone.onnx"
-        torch.onnx.export(
-            self.backbone, (torch.zeros(2, 3, image_size, image_size),), str(path), input_names=["x"],
-            dynamic_axes={"x": {0: "n"}}, opset_version=17, dynamo=False,
-        )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        return lambda x: torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
+        session = OnnxPredictor(export_onnx(self.backbone, tmp / "backbone.onnx", image_size))
+        return lambda x: torch.from_numpy(session(x))
 
     def _compute(self, dataset: CountFolder, flipped: bool, device: torch.device, image_size: int) -> dict[str, Any]:
         backbone = self.backbone
@@ -250,7 +244,7 @@ class FeatureDataModule(BinDataModule):
 
     Same splits, subset, sampler, batch sizes and flip augmentation as the image datamodule; the
     training pipeline picks it when ``data.feature_cache=true`` and hands it the model's network
-    with :meth:`attach`. Loaders run in the main process: indexing a tensor needs no workers.
+    with :meth:`attach`. Loaders run in the main process.
     """
 
     def __init__(self, *args, feature_cache_dir: str | None = None, cache_batch_size: int = 64, **kwargs):
@@ -285,12 +279,6 @@ class FeatureDataModule(BinDataModule):
         with torch.random.fork_rng(devices=[]):
             return self.cache.load_or_compute(images, self.hparams.image_size, flipped, self._device())
 
-    def _loader(self, split: str, shuffle: bool = False, sampler=None) -> DataLoader:
-        hp = self.hparams
-        return DataLoader(
-            self.datasets[split],
-            batch_size=hp.batch_size if split == "train" else (hp.eval_batch_size or hp.batch_size),
-            shuffle=shuffle,
-            sampler=sampler,
-            num_workers=0,
-        )
+    @property
+    def loader_workers(self) -> int:
+        return 0  # indexing a tensor needs no worker processes
