@@ -123,9 +123,13 @@ class BinDataModule(pl.LightningDataModule):
         return torch.tensor([counts.get(c, 0) for c in range(self.hparams.num_classes)])
 
     # -- loaders --------------------------------------------------------------------------------
+    @property
+    def loader_workers(self) -> int:
+        return self.hparams.num_workers
+
     def _loader(self, split: str, shuffle: bool = False, sampler=None) -> DataLoader:
         hp = self.hparams
-        workers = hp.num_workers
+        workers = self.loader_workers
         return DataLoader(
             self.datasets[split],
             batch_size=hp.batch_size if split == "train" else (hp.eval_batch_size or hp.batch_size),
