@@ -19,11 +19,9 @@ import io
 import json
 import os
 import platform
-import socket
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -53,39 +51,20 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def start_server(predictor):
-    import uvicorn
-
-    from src.serving.app import create_app
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(predictor), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    return server, thread, f"http://127.0.0.1:{port}"
-
-
 def server_latency(predictor, body: bytes, n: int, warmup: int = 5) -> dict:
     import httpx
 
-    server, thread, base = start_server(predictor)
-    try:
-        with httpx.Client(base_url=base, timeout=120) as client:
-            headers = {"content-type": "image/jpeg"}
-            for _ in range(warmup):
-                client.post("/invocations", content=body, headers=headers).raise_for_status()
-            times = []
-            for _ in range(n):
-                t = time.perf_counter()
-                client.post("/invocations", content=body, headers=headers).raise_for_status()
-                times.append((time.perf_counter() - t) * 1000)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    from src.serving.app import create_app, serve_in_background
+
+    headers = {"content-type": "image/jpeg"}
+    times = []
+    with serve_in_background(create_app(predictor)) as base, httpx.Client(base_url=base, timeout=120) as client:
+        for _ in range(warmup):
+            client.post("/invocations", content=body, headers=headers).raise_for_status()
+        for _ in range(n):
+            t = time.perf_counter()
+            client.post("/invocations", content=body, headers=headers).raise_for_status()
+            times.append((time.perf_counter() - t) * 1000)
     return {"p50_ms": percentile(times, 50), "p99_ms": percentile(times, 99), "mean_ms": statistics.fmean(times), "n": n}
 
 

@@ -9,8 +9,6 @@ import os
 import subprocess
 import sys
 import tarfile
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -346,21 +344,8 @@ def test_app_bad_requests_get_json_errors_and_serving_continues(client):
 
 def test_real_server_under_concurrent_load(predictor):
     """uvicorn on 127.0.0.1: 8 clients send 200 requests in all, with bad ones mixed in."""
-    import socket
+    from src.serving.app import serve_in_background
 
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(predictor), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.05)
     images = [image_bytes(100 + i) for i in range(8)]
     expected = [predictor.predict([Image.open(io.BytesIO(im)).convert("RGB")])[0]["count"] for im in images]
 
@@ -377,7 +362,7 @@ def test_real_server_under_concurrent_load(predictor):
                 out.append((k, r.status_code, r.json()["predictions"][0]["count"] if r.status_code == 200 else r.text))
         return out
 
-    try:
+    with serve_in_background(create_app(predictor)) as base:
         with ThreadPoolExecutor(8) as pool:
             results = [item for chunk in pool.map(client_loop, range(8)) for item in chunk]
         assert len(results) == 200
@@ -386,9 +371,6 @@ def test_real_server_under_concurrent_load(predictor):
         assert all(c == expected[k] for k, _, c in good)
         assert sorted({s for _, s, c in results if c is None}) == [400]
         assert httpx.get(f"{base}/ping").status_code == 200  # still serving
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 # -- predict from the shell -----------------------------------------------------------------------

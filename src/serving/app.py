@@ -9,6 +9,11 @@ concurrently; every error is a JSON body ``{"error": ..., "status": ...}``.
 from __future__ import annotations
 
 import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -96,3 +101,29 @@ def run(app: FastAPI, host: str = "127.0.0.1", port: int = 8080, log_level: str 
     import uvicorn
 
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+
+
+@contextmanager
+def serve_in_background(app: FastAPI, host: str = "127.0.0.1", start_timeout: float = 60.0) -> Iterator[str]:
+    """Run ``app`` under uvicorn on a free local port in a daemon thread; yields its base URL.
+
+    For tests and benchmarks: real HTTP without a separate process. Stops the server on exit.
+    """
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + start_timeout
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError(f"uvicorn did not start on {host}:{port} within {start_timeout:.0f} s")
+            time.sleep(0.05)
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
