@@ -82,7 +82,7 @@ def _object_sprite(rng: np.random.Generator, size: int) -> Image.Image:
     else:
         pts = [
             (w / 2 + w / 2 * r * math.cos(t), h / 2 + h / 2 * r * math.sin(t))
-            for t, r in zip(np.linspace(0, 2 * math.pi, 7)[:-1], rng.uniform(0.6, 1.0, 6))
+            for t, r in zip(np.linspace(0, 2 * math.pi, 7)[:-1], rng.uniform(0.6, 1.0, 6), strict=True)
         ]
         draw.polygon(pts, fill=fill, outline=edge)
     shape_alpha = sprite.getchannel("A")

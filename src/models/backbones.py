@@ -92,7 +92,7 @@ class CountNet(nn.Module):
     def fully_frozen(self) -> bool:
         return self.freeze_backbone and self.trainable_stages == 0
 
-    def train(self, mode: bool = True) -> "CountNet":
+    def train(self, mode: bool = True) -> CountNet:
         super().train(mode)
         if self.fully_frozen:
             # A frozen backbone keeps its ImageNet BatchNorm statistics and no dropout.

@@ -9,6 +9,7 @@ Watches three things and warns in the log when they happen (and records them for
 from __future__ import annotations
 
 import logging
+from itertools import pairwise
 
 import pytorch_lightning as pl
 import torch
@@ -48,8 +49,8 @@ class TrainingHealth(pl.Callback):
             self._losses.append((float(metrics["train/loss"]), float(metrics["val/loss"])))
         if len(self._losses) > self.patience:
             recent = self._losses[-self.patience - 1 :]
-            train_falls = all(b[0] < a[0] for a, b in zip(recent, recent[1:]))
-            val_rises = all(b[1] > a[1] for a, b in zip(recent, recent[1:]))
+            train_falls = all(b[0] < a[0] for a, b in pairwise(recent))
+            val_rises = all(b[1] > a[1] for a, b in pairwise(recent))
             if train_falls and val_rises:
                 self._flag(
                     "overfit",
