@@ -29,7 +29,8 @@ def test_fast_dev_run_writes_metrics(tiny_cfg, tmp_path):
 
 def test_overfits_a_few_batches(tiny_cfg):
     cfg = tiny_cfg(
-        "debug=overfit", "trainer.max_epochs=15", "model.optimizer.lr=0.02", "model.scheduler=null",
+        "debug=overfit", "trainer.max_epochs=15", "data.image_size=32", "data.batch_size=8",
+        "model/optimizer=adamw", "model.optimizer.lr=0.003", "model.scheduler=null",
         "test=false", "callbacks.model_checkpoint=null",
     )
     metrics, _ = train(cfg)

@@ -28,6 +28,7 @@ class TrainingHealth(pl.Callback):
         self._best: float | None = None
         self._stale = 0
         self._gpu_samples: list[float] = []
+        self._last_judged = -1
 
     def _flag(self, kind: str, message: str) -> None:
         if kind not in self.findings:
@@ -41,9 +42,17 @@ class TrainingHealth(pl.Callback):
             except Exception:  # no NVML: nothing to measure
                 pass
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
-        if trainer.sanity_checking:
+    # An epoch's train and val metrics are both logged only once the epoch is over (the module
+    # logs train metrics after validation), so each epoch is judged when the next one starts, and
+    # the last one when training ends.
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module) -> None:
+        if trainer.current_epoch > 0:
+            self._judge_epoch(trainer, trainer.current_epoch - 1)
+
+    def _judge_epoch(self, trainer: pl.Trainer, epoch: int) -> None:
+        if epoch <= self._last_judged:
             return
+        self._last_judged = epoch
         metrics = trainer.callback_metrics
         if "train/loss" in metrics and "val/loss" in metrics:
             self._losses.append((float(metrics["train/loss"]), float(metrics["val/loss"])))
@@ -55,7 +64,7 @@ class TrainingHealth(pl.Callback):
                 self._flag(
                     "overfit",
                     f"overfitting: val/loss rose while train/loss fell for {self.patience} epochs "
-                    f"(epoch {trainer.current_epoch}); consider more data, augmentation or early stopping",
+                    f"(epoch {epoch}); consider more data, augmentation or early stopping",
                 )
         if self.monitor in metrics:
             value = float(metrics[self.monitor])
@@ -69,6 +78,7 @@ class TrainingHealth(pl.Callback):
                 )
 
     def on_train_end(self, trainer, pl_module) -> None:
+        self._judge_epoch(trainer, trainer.current_epoch - 1)
         if self._gpu_samples:
             mean = sum(self._gpu_samples) / len(self._gpu_samples)
             if mean < self.min_gpu_util:
