@@ -47,6 +47,8 @@ class BinDataModule(pl.LightningDataModule):
     ``subset`` keeps a stratified, seeded fraction of the *training* split (the card's
     ``data.subset=0.1``); validation and test stay whole so metrics remain comparable.
     ``weighted_sampler`` draws training images with probability inverse to their class frequency.
+    ``prepare`` (settings of ``src.data.prepare.prepare`` minus ``output``) prepares raw ABID into
+    ``data_dir`` first when it holds no finished preparation (no ``manifest.json``).
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class BinDataModule(pl.LightningDataModule):
         hflip: bool = True,
         seed: int = 42,
         generator: dict | None = None,
+        prepare: dict | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -71,6 +74,7 @@ class BinDataModule(pl.LightningDataModule):
             raise ValueError(f"data.subset must be in (0, 1], got {subset}")
         self.data_dir = Path(data_dir)
         self.generator = generator
+        self.prepare = prepare
         self.datasets: dict[str, Dataset] = {}
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -79,6 +83,11 @@ class BinDataModule(pl.LightningDataModule):
             from src.data.synthetic import ensure_imagefolder
 
             ensure_imagefolder(self.data_dir, **self.generator)
+        if self.prepare and not (self.data_dir / "manifest.json").is_file():
+            from src.data.prepare import prepare  # resumable: a killed preparation continues here
+
+            log.info("Preparing %s into %s", self.prepare.get("source"), self.data_dir)
+            prepare(output=str(self.data_dir), **self.prepare)
 
     def _split(self, split: str, train: bool) -> CountFolder:
         folder = self.data_dir / split
