@@ -113,3 +113,20 @@ def test_real_sample_one_batch_each_stage(shared_abid, tmp_path):
     stats = json.loads((tmp_path / "abid_sample" / "stats.json").read_text())
     assert stats["images"] == 4711
     assert (tmp_path / "run" / "metrics.json").is_file()
+
+
+def test_constant_rows_score_the_training_mode_and_mean(tmp_path):
+    from benchmarks.abid_results import constant_rows
+    from src.data.synthetic import make_imagefolder
+
+    data = make_imagefolder(tmp_path / "d", {"train": 60, "val": 6, "test": 30}, image_size=16, seed=1)
+    count = lambda split, k: len(list((data / split / str(k)).glob("*.jpg")))  # noqa: E731
+    train = [count("train", k) for k in range(6)]
+    test = [count("test", k) for k in range(6)]
+    rows = constant_rows(data)
+    mode = rows["constant_mode"]
+    assert mode["value"] == max(range(6), key=lambda k: train[k])
+    assert mode["metrics"]["acc"] == pytest.approx(test[mode["value"]] / sum(test))
+    c = rows["constant_mean"]["value"]
+    rmse = (sum(n * (k - c) ** 2 for k, n in enumerate(test)) / sum(test)) ** 0.5
+    assert rows["constant_mean"]["metrics"]["rmse"] == pytest.approx(rmse)
