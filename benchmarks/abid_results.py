@@ -1,0 +1,236 @@
+"""Results on real ABID images: the README table, every row on the ABID sample's test split.
+
+    python benchmarks/abid_results.py            # collect finished runs, add the free ablations
+    python benchmarks/abid_results.py --train    # first train the rows/seeds missing (CPU: hours)
+    python benchmarks/abid_results.py --train --rows main capstone --seeds 42
+
+Runs live in ``logs/train/runs/abid_<row>_s<seed>/`` (metrics.json, checkpoints). Free ablations
+reuse the main recipe's best checkpoint: argmax vs rounded expected count, with and without
+horizontal-flip test-time augmentation. Writes ``bench_out/abid_results.{json,md}`` (or the folder
+in ``BENCH_OUT``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from src.data.images import CountFolder  # noqa: E402
+from src.data.transforms import eval_transform  # noqa: E402
+from src.models.backbones import CountNet  # noqa: E402
+from src.models.counting import predict_counts  # noqa: E402
+from src.models.metrics import metrics_from_confusion  # noqa: E402
+
+DATA = ROOT / "data" / "abid_sample"
+RUNS = ROOT / "logs" / "train" / "runs"
+K = 6
+
+# key -> (label, train.py overrides). "main" is the recipe; the rest justify it.
+ROWS: dict[str, tuple[str, list[str]]] = {
+    "capstone": ("capstone recipe: frozen, sampler + loss weights, 10 % data, 50 epochs", ["experiment=abid_capstone"]),
+    "main": ("this recipe: full fine-tune, plain CE, expected count, 160 px, 5 epochs", ["experiment=abid_sample"]),
+    "frozen": ("this recipe, frozen backbone", ["experiment=abid_sample", "model.net.freeze_backbone=true"]),
+    "dist": ("this recipe + count-distance loss (weight 0.5)", ["experiment=abid_sample", "model.criterion.distance_weight=0.5"]),
+    "sqrtw": ("this recipe + sqrt-inverse loss weights", ["experiment=abid_sample", "model.criterion.weighting=sqrt_inverse"]),
+    "ls": ("this recipe + label smoothing 0.1", ["experiment=abid_sample", "model.criterion.label_smoothing=0.1"]),
+}
+
+
+def run_dir(key: str, seed: int) -> Path:
+    return RUNS / f"abid_{key}_s{seed}"
+
+
+def command(key: str, seed: int) -> str:
+    return " ".join(["python train.py", *ROWS[key][1], f"seed={seed}"])
+
+
+def train_row(key: str, seed: int) -> float:
+    """Train one row/seed unless its metrics exist; returns wall seconds (0 when skipped)."""
+    out = run_dir(key, seed)
+    if (out / "metrics.json").is_file():
+        return 0.0
+    start = time.perf_counter()
+    args = [*ROWS[key][1], f"seed={seed}", f"hydra.run.dir={out}", "callbacks.progress_bar=null"]
+    subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, check=True)
+    seconds = time.perf_counter() - start
+    (out / "wall_seconds.txt").write_text(f"{seconds:.0f}\n")
+    return seconds
+
+
+def split_counts(split: str, data: Path = DATA) -> list[int]:
+    return [len(list((data / split / str(k)).glob("*.jpg"))) for k in range(K)]
+
+
+def confusion(true: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    return torch.bincount(true * K + pred.clamp(0, K - 1), minlength=K * K).reshape(K, K)
+
+
+def constant_rows(data: Path = DATA) -> dict[str, dict]:
+    """Always answer one count, chosen on the training split: its mode (accuracy) and its rounded mean (RMSE)."""
+    train, test = split_counts("train", data), split_counts("test", data)
+    true = torch.repeat_interleave(torch.arange(K), torch.tensor(test))
+    mode = max(range(K), key=lambda k: train[k])
+    mean = round(sum(k * n for k, n in enumerate(train)) / sum(train))
+    rows = {}
+    for name, c in (("constant_mode", mode), ("constant_mean", mean))[: 1 if mode == mean else 2]:
+        m = metrics_from_confusion(confusion(true, torch.full_like(true, c)))
+        what = name.split("_")[1] if mode != mean else "mode and rounded mean"
+        rows[name] = {"label": f'constant: always "{c}" (training split\'s {what})', "value": c, "metrics": m}
+    return rows
+
+
+def _state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    return {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
+
+
+@torch.no_grad()
+def free_ablations(run: Path, ckpt: Path) -> dict[str, dict]:
+    """Decision rule x flip TTA on one trained model: one pass over the test split, both views."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
+    net = CountNet(name=cfg.model.net.name, weights=None, num_classes=K, dropout=cfg.model.net.dropout)
+    net.load_state_dict(_state_dict(ckpt))
+    net.eval()
+    data = CountFolder(DATA / "test", K, eval_transform(cfg.data.image_size))
+    loader = torch.utils.data.DataLoader(data, batch_size=64, num_workers=2)
+    probs, probs_flip, true = [], [], []
+    for x, y in loader:
+        probs.append(net(x).softmax(-1))
+        probs_flip.append(net(torch.flip(x, dims=[-1])).softmax(-1))
+        true.append(y)
+    p, pf, y = torch.cat(probs), torch.cat(probs_flip), torch.cat(true)
+    out = {}
+    for tta, q in (("no TTA", p), ("flip TTA", (p + pf) / 2)):
+        for rule in ("argmax", "expected"):
+            m = metrics_from_confusion(confusion(y, predict_counts(q, rule)))
+            out[f"{rule}, {tta}"] = m
+    return out
+
+
+def evaluated(run: Path, ckpt: Path) -> dict:
+    """free_ablations, cached in the run folder: one pass over the test split per checkpoint."""
+    cache = run / "free_ablations.json"
+    cached = json.loads(cache.read_text()) if cache.is_file() else {}
+    if cached.get("ckpt") != str(ckpt):
+        cached = {"run": str(run), "ckpt": str(ckpt), "rows": free_ablations(run, ckpt)}
+        cache.write_text(json.dumps(cached, indent=2))
+    return cached
+
+
+def unfinished(run: Path) -> dict | None:
+    """A run stopped before its test (e.g. for time): its best saved checkpoint on the test split,
+    with the run's own decision rule and no TTA, exactly what train.py's test would report."""
+    ckpts = sorted((run / "checkpoints").glob("epoch_*.ckpt"))
+    if not ckpts:
+        return None
+    from omegaconf import OmegaConf
+
+    rule = OmegaConf.load(run / ".hydra" / "config.yaml").model.decision_rule
+    m = evaluated(run, ckpts[-1])["rows"][f"{rule}, no TTA"]
+    return {"metrics": m, "stopped_after_epoch": int(ckpts[-1].stem.split("_")[1]), "best_ckpt": str(ckpts[-1])}
+
+
+def summarise(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
+
+
+def collect(seeds: list[int]) -> dict:
+    results: dict = {"test_counts": split_counts("test"), "train_counts": split_counts("train"), "rows": {}}
+    results["rows"].update(constant_rows())
+    for key, (label, _) in ROWS.items():
+        runs = {}
+        for seed in seeds:
+            f = run_dir(key, seed) / "metrics.json"
+            if f.is_file():
+                m = json.loads(f.read_text())
+                wall = run_dir(key, seed) / "wall_seconds.txt"
+                runs[seed] = {
+                    "metrics": {k.removeprefix("test/"): v for k, v in m.items() if k.startswith("test/")},
+                    "val_acc_best": m.get("val/acc_best"),
+                    "best_ckpt": m.get("best_ckpt"),
+                    "wall_s": float(wall.read_text()) if wall.is_file() else None,
+                }
+            elif (partial := unfinished(run_dir(key, seed))) is not None:
+                runs[seed] = partial
+        if not runs:
+            continue
+        first = runs[min(runs)]
+        if "stopped_after_epoch" in first:
+            label += f" (stopped for time; best checkpoint, epoch {first['stopped_after_epoch']})"
+        row = {"label": label, "command": command(key, seeds[0]), "seeds": runs}
+        row["metrics"] = runs[min(runs)]["metrics"]  # the first seed's numbers
+        if len(runs) > 1:
+            row["over_seeds"] = {m: summarise([r["metrics"][m] for r in runs.values()]) for m in ("acc", "rmse")}
+        results["rows"][key] = row
+    main = results["rows"].get("main")
+    if main:
+        seed = min(main["seeds"])
+        run, ckpt = run_dir("main", seed), Path(main["seeds"][seed]["best_ckpt"])
+        results["free_ablations"] = evaluated(run, ckpt)
+    return results
+
+
+def fmt(m: dict) -> str:
+    return f"{100 * m['acc']:.1f} % | {m['rmse']:.3f}"
+
+
+def markdown(results: dict) -> str:
+    lines = ["| row | test acc | test RMSE | command |", "|---|---|---|---|"]
+    for key, row in results["rows"].items():
+        cmd = f"`{row['command']}`" if "command" in row else "`python benchmarks/abid_results.py`"
+        lines.append(f"| {row['label']} | {fmt(row['metrics'])} | {cmd} |")
+    if "free_ablations" in results:
+        lines += ["", "Free ablations on the main run's best checkpoint:", "",
+                  "| decision rule, test-time augmentation | test acc | test RMSE |", "|---|---|---|"]  # fmt: skip
+        for name, m in results["free_ablations"]["rows"].items():
+            lines.append(f"| {name} | {fmt(m)} |")
+    for key, row in results["rows"].items():
+        if "over_seeds" in row:
+            a, r = row["over_seeds"]["acc"], row["over_seeds"]["rmse"]
+            lines.append(
+                f"\n{key}: seeds {sorted(row['seeds'])}: acc {100 * a['mean']:.1f} ± {100 * a['std']:.1f} %, "
+                f"RMSE {r['mean']:.3f} ± {r['std']:.3f} (mean ± sd)"
+            )
+    main = results["rows"].get("main")
+    if main:
+        m = main["metrics"]
+        lines += ["", "| count | " + " | ".join(str(k) for k in range(K)) + " |", "|---" * (K + 1) + "|",
+                  "| test images | " + " | ".join(str(n) for n in results["test_counts"]) + " |",
+                  "| accuracy | " + " | ".join(f"{100 * m[f'acc_class_{k}']:.1f} %" for k in range(K)) + " |",
+                  "| RMSE | " + " | ".join(f"{m[f'rmse_class_{k}']:.3f}" for k in range(K)) + " |"]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train", action="store_true", help="train the missing rows first")
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
+    args = parser.parse_args()
+    if args.train:
+        for seed in args.seeds:
+            for key in args.rows:
+                train_row(key, seed)
+    results = collect(args.seeds)
+    out = Path(os.environ.get("BENCH_OUT", ROOT / "bench_out"))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "abid_results.json").write_text(json.dumps(results, indent=2))
+    (out / "abid_results.md").write_text(markdown(results))
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()

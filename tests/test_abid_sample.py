@@ -1,0 +1,133 @@
+"""The ABID-sample experiment: configs compose, the DataModule prepares raw ABID when asked, one command trains."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from src.data.datamodule import BinDataModule
+from src.data.synthetic import make_bucket
+from src.training.pipeline import train
+from tests.conftest import compose_cfg
+
+
+@pytest.fixture
+def bucket(tmp_path) -> Path:
+    raw = tmp_path / "raw"
+    make_bucket(raw, n=36, image_size=48, seed=5, max_count=6)  # counts 6 are dropped (max_count 5)
+    return raw
+
+
+def test_recipe_config_composes():
+    cfg = compose_cfg("train", ["experiment=abid_sample"])
+    net = cfg.model.net
+    assert (net.name, net.weights, net.freeze_backbone) == ("mobilenet_v2", "IMAGENET1K_V1", False)
+    assert cfg.model.decision_rule == "expected"
+    assert cfg.data.data_dir.endswith("data/abid_sample")
+    assert cfg.data.prepare.source.endswith("../shared/abid") and list(cfg.data.prepare.resize) == [224, 224]
+    assert cfg.callbacks.early_stopping.monitor == "val/acc"
+    # Re-weighting by sampler or by loss, never both.
+    assert not (cfg.data.weighted_sampler and cfg.model.criterion.weighting != "none")
+
+
+def test_capstone_row_config_is_the_capstone_recipe_on_the_sample():
+    cfg = compose_cfg("train", ["experiment=abid_capstone"])
+    assert cfg.model.net.name == "mobilenet_v2" and cfg.model.net.freeze_backbone
+    assert cfg.data.weighted_sampler and cfg.model.criterion.weighting == "inverse"
+    assert (cfg.data.subset, cfg.trainer.max_epochs, cfg.callbacks.early_stopping) == (0.1, 50, None)
+    assert cfg.data.data_dir.endswith("data/abid_sample")
+
+
+def test_datamodule_prepares_raw_abid_once(bucket, tmp_path, monkeypatch):
+    out = tmp_path / "prepared"
+    settings = {"source": str(bucket), "resize": [32, 32], "progress": False, "plot": False, "workers": 2}
+    dm = BinDataModule(str(out), image_size=32, batch_size=8, num_workers=0, prepare=settings)
+    dm.prepare_data()
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    train_names = [n for names in manifest["train"].values() for n in names]
+    assert set(manifest) == {"train", "val", "test"} and train_names
+    some = next((out / "train").rglob("*.jpg"))
+    assert Image.open(some).size == (32, 32)
+    dm.setup("fit")
+    assert int(dm.class_counts.sum()) == len(train_names)
+
+    # Done once: a second call must not prepare again (the source may be gone, e.g. on SageMaker).
+    def fail(**_):
+        raise AssertionError("prepared twice")
+
+    monkeypatch.setattr("src.data.prepare.prepare", fail)
+    BinDataModule(str(out), prepare=settings).prepare_data()
+
+
+def test_missing_source_names_the_folder(tmp_path):
+    dm = BinDataModule(str(tmp_path / "out"), prepare={"source": str(tmp_path / "nowhere"), "progress": False})
+    with pytest.raises(Exception, match="nowhere"):
+        dm.prepare_data()
+
+
+def test_one_command_prepares_and_trains(bucket, tmp_path):
+    cfg = compose_cfg(
+        "train",
+        [
+            "experiment=abid_sample",
+            f"data.data_dir={tmp_path / 'prepared'}",
+            f"data.prepare.source={bucket}",
+            "data.prepare.resize=[32,32]",
+            "+data.prepare.plot=false",
+            "data.image_size=32",
+            "data.batch_size=8",
+            "data.num_workers=0",
+            "model.net.weights=null",  # the recipe's ImageNet file comes from `make extras`; not needed here
+            "trainer.max_epochs=1",
+            "logger=csv",
+            "callbacks.progress_bar=null",
+            f"paths.output_dir={tmp_path / 'run'}",
+        ],
+    )
+    train(cfg)
+    assert (tmp_path / "prepared" / "manifest.json").is_file()
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert {"test/acc", "test/rmse", "test/acc_class_0", "val/acc_best"} <= metrics.keys()
+
+
+@pytest.mark.slow
+def test_real_sample_one_batch_each_stage(shared_abid, tmp_path):
+    """The real command path on ../shared/abid (prepared into tmp), one batch per stage."""
+    cfg = compose_cfg(
+        "train",
+        [
+            "experiment=abid_sample",
+            f"data.data_dir={tmp_path / 'abid_sample'}",
+            f"data.prepare.source={shared_abid}",
+            "debug=fdr",
+            "model.net.weights=null",
+            "logger=csv",
+            f"paths.output_dir={tmp_path / 'run'}",
+        ],
+    )
+    train(cfg)
+    stats = json.loads((tmp_path / "abid_sample" / "stats.json").read_text())
+    assert stats["images"] == 4711
+    assert (tmp_path / "run" / "metrics.json").is_file()
+
+
+def test_constant_rows_score_the_training_mode_and_mean(tmp_path):
+    from benchmarks.abid_results import constant_rows
+    from src.data.synthetic import make_imagefolder
+
+    data = make_imagefolder(tmp_path / "d", {"train": 60, "val": 6, "test": 30}, image_size=16, seed=1)
+    count = lambda split, k: len(list((data / split / str(k)).glob("*.jpg")))  # noqa: E731
+    train = [count("train", k) for k in range(6)]
+    test = [count("test", k) for k in range(6)]
+    rows = constant_rows(data)
+    mode = rows["constant_mode"]
+    assert mode["value"] == max(range(6), key=lambda k: train[k])
+    assert mode["metrics"]["acc"] == pytest.approx(test[mode["value"]] / sum(test))
+    mean_row = rows.get("constant_mean", mode)  # one row when mode == rounded mean
+    c = mean_row["value"]
+    rmse = (sum(n * (k - c) ** 2 for k, n in enumerate(test)) / sum(test)) ** 0.5
+    assert mean_row["metrics"]["rmse"] == pytest.approx(rmse)
