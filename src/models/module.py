@@ -53,10 +53,6 @@ class BinCounter(pl.LightningModule):
         self.val_acc_best = MaxMetric(sync_on_compute=False)  # fed already-synced values
         self.test_outputs: dict[str, float] = {}
 
-    @property
-    def num_classes(self) -> int:
-        return self.net.head[-1].out_features
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
