@@ -66,6 +66,7 @@ class BinDataModule(pl.LightningDataModule):
         subset: float = 1.0,
         weighted_sampler: bool = False,
         hflip: bool = True,
+        drop_last: bool = False,
         seed: int = 42,
         generator: dict | None = None,
         feature_cache: bool = False,
@@ -148,7 +149,7 @@ class BinDataModule(pl.LightningDataModule):
             pin_memory=hp.pin_memory,
             persistent_workers=hp.persistent_workers and workers > 0,
             collate_fn=skip_bad_collate,
-            drop_last=False,
+            drop_last=hp.get("drop_last", False) and split == "train",
         )
 
     def train_sampler(self) -> WeightedRandomSampler | None:

@@ -86,6 +86,13 @@ class BinCounter(pl.LightningModule):
                 x = x.contiguous(memory_format=torch.channels_last)
             logits = self(x)
         loss = self.criterion(logits, y)
+        if not torch.isfinite(loss):
+            lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else None
+            raise FloatingPointError(
+                f"{stage} loss is {loss.item()} (epoch {self.current_epoch}): the weights diverged. Lower "
+                f"model.optimizer.lr (now {lr}), clip gradients (trainer.gradient_clip_val=1.0), or drop "
+                "a tiny last training batch (data.drop_last=true)"
+            )
         preds = predict_counts(logits.softmax(-1), self.hparams.decision_rule)
         self.losses[f"{stage}_loss"].update(loss.detach(), weight=len(y))
         self.metrics[f"{stage}_metrics"].update(preds, y)
