@@ -39,8 +39,12 @@ K = 6
 # key -> (label, train.py overrides). "main" is the recipe; the rest justify it.
 ROWS: dict[str, tuple[str, list[str]]] = {
     "capstone": ("capstone recipe: frozen, sampler + loss weights, 10 % data, 50 epochs", ["experiment=abid_capstone"]),
-    "main": ("this recipe: full fine-tune, plain CE, expected count, 160 px, 5 epochs", ["experiment=abid_sample"]),
-    "frozen": ("this recipe, frozen backbone", ["experiment=abid_sample", "model.net.freeze_backbone=true"]),
+    "main": ("this recipe: full fine-tune, plain CE, expected count, 160 px, 12 epochs cosine", ["experiment=abid_sample"]),
+    "plateau5": ("this recipe, 5 epochs of ReduceLROnPlateau (patience 1, x0.2) instead of 12 of cosine",
+                 ["experiment=abid_sample", "trainer.max_epochs=5", "model/scheduler=plateau", "model.scheduler.patience=1",
+                  "model.scheduler.factor=0.2"]),
+    "frozen": ("this recipe, frozen backbone (cached features)",
+               ["experiment=abid_sample", "model.net.freeze_backbone=true", "data.feature_cache=true"]),
     "dist": ("this recipe + count-distance loss (weight 0.5)", ["experiment=abid_sample", "model.criterion.distance_weight=0.5"]),
     "sqrtw": ("this recipe + sqrt-inverse loss weights", ["experiment=abid_sample", "model.criterion.weighting=sqrt_inverse"]),
     "ls": ("this recipe + label smoothing 0.1", ["experiment=abid_sample", "model.criterion.label_smoothing=0.1"]),

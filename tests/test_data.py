@@ -11,6 +11,7 @@ from PIL import Image
 from src.data.datamodule import BinDataModule, stratified_subset
 from src.data.images import image_problem
 from src.data.synthetic import make_bucket, make_imagefolder, render_bin, _rng
+from src.data.transforms import eval_transform, train_transform
 
 
 def _dm(root, **kw):
@@ -117,3 +118,22 @@ def test_image_problem_reasons(tmp_path):
     assert image_problem(tmp_path / "e.jpg") == "empty file"
     (tmp_path / "t.jpg").write_bytes(b"GIF89a....")
     assert image_problem(tmp_path / "t.jpg") == "not a JPEG or PNG"
+
+
+def test_dihedral_augmentation_draws_all_eight_symmetries_of_the_image():
+    image = torch.arange(3 * 8 * 8, dtype=torch.uint8).reshape(3, 8, 8)
+    symmetries = []
+    for k in range(4):
+        turned = torch.rot90(image, k, dims=(-2, -1))
+        symmetries += [turned, turned.flip(-1)]
+    normalise = eval_transform(8)
+
+    def symmetry(out: torch.Tensor) -> int:
+        match = [i for i, s in enumerate(symmetries) if torch.allclose(out, normalise(s))]
+        assert len(match) == 1  # always one of the 8, never an interpolated in-between
+        return match[0]
+
+    dihedral = train_transform(8, dihedral=True)
+    assert {symmetry(dihedral(image)) for _ in range(200)} == set(range(8))
+    hflip = train_transform(8, hflip=True)  # the default: the image and its mirror only
+    assert {symmetry(hflip(image)) for _ in range(50)} == {0, 1}

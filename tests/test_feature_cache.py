@@ -147,3 +147,8 @@ def test_cached_training_equals_uncached(frozen_cfg, tmp_path):
 def test_cache_with_trainable_backbone_is_refused(frozen_cfg, override):
     with pytest.raises(ValueError, match="freeze_backbone=true and model.net.trainable_stages=0"):
         train(frozen_cfg("data.feature_cache=true", *override))
+
+
+def test_cache_with_dihedral_augmentation_is_refused(frozen_cfg):
+    with pytest.raises(ValueError, match="set data.dihedral=false"):
+        train(frozen_cfg("data.feature_cache=true", "data.dihedral=true"))

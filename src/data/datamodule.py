@@ -66,6 +66,7 @@ class BinDataModule(pl.LightningDataModule):
         subset: float = 1.0,
         weighted_sampler: bool = False,
         hflip: bool = True,
+        dihedral: bool = False,
         drop_last: bool = False,
         seed: int = 42,
         generator: dict | None = None,
@@ -101,7 +102,7 @@ class BinDataModule(pl.LightningDataModule):
                 f"Data folder {folder} does not exist. " + PREPARE_HINT.format(path=self.data_dir)
             )
         hp = self.hparams
-        dataset = CountFolder(folder, hp.num_classes, build_transform(hp.image_size, train, hp.hflip))
+        dataset = CountFolder(folder, hp.num_classes, build_transform(hp.image_size, train, hp.hflip, hp.dihedral))
         if len(dataset) == 0:
             raise FileNotFoundError(
                 f"Data folder {folder} holds no readable images in 0..{hp.num_classes - 1}/. "
@@ -149,7 +150,7 @@ class BinDataModule(pl.LightningDataModule):
             pin_memory=hp.pin_memory,
             persistent_workers=hp.persistent_workers and workers > 0,
             collate_fn=skip_bad_collate,
-            drop_last=hp.get("drop_last", False) and split == "train",
+            drop_last=hp.drop_last and split == "train",
         )
 
     def train_sampler(self) -> WeightedRandomSampler | None:

@@ -257,6 +257,9 @@ class FeatureDataModule(BinDataModule):
 
         ``name`` (e.g. ``resnet50``) names the cache files; the weights hash tells nets apart anyway.
         """
+        if self.hparams.dihedral:
+            raise ValueError("data.feature_cache=true caches plain and horizontally flipped features only; "
+                             "set data.dihedral=false, or data.feature_cache=false to augment images on the fly")
         if not getattr(net, "fully_frozen", False):
             raise ValueError(
                 f"{FROZEN_HINT} (got freeze_backbone={getattr(net, 'freeze_backbone', None)}, "
