@@ -193,7 +193,7 @@ def fmt(m: dict) -> str:
 
 def markdown(results: dict) -> str:
     lines = ["| row | test acc | test RMSE | command |", "|---|---|---|---|"]
-    for key, row in results["rows"].items():
+    for row in results["rows"].values():
         cmd = f"`{row['command']}`" if "command" in row else "`python benchmarks/abid_results.py`"
         lines.append(f"| {row['label']} | {fmt(row['metrics'])} | {cmd} |")
     if "free_ablations" in results:

@@ -74,7 +74,8 @@ def hardware() -> dict:
     import torchvision
 
     info = {
-        "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cpu": cpu, "cpu_isa": torch.backends.cpu.get_cpu_capability(), "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__, "torchvision": torchvision.__version__, "onnxruntime": onnxruntime.__version__,
         "python": platform.python_version(), "gpu": torch.cuda.get_device_name() if DEVICE == "cuda" else None,
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
@@ -333,7 +334,7 @@ def main() -> dict:
         if isinstance(r, dict) and "speedup" in r:
             print(f"{name:<30}{r['plain']:>12}{r['ours']:>12}{r['speedup']:>8}x  {r['unit']}")
     hw = results["hardware"]
-    print(f"\n{hw['cpu']}, {hw['cpu_count']} cores, torch {hw['torch']}, GPU {hw['gpu']}; "
+    print(f"\n{hw['cpu']} ({hw['cpu_isa']}), {hw['cpu_count']} cores, torch {hw['torch']}, GPU {hw['gpu']}; "
           f"matmul peak {peak:.0f} GFLOP/s; {results['total_seconds']} s total -> {out / 'bench.json'}")
     return results
 

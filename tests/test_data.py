@@ -10,7 +10,7 @@ from PIL import Image
 
 from src.data.datamodule import BinDataModule, stratified_subset
 from src.data.images import image_problem
-from src.data.synthetic import make_bucket, make_imagefolder, render_bin, _rng
+from src.data.synthetic import _rng, make_bucket, make_imagefolder, render_bin
 from src.data.transforms import eval_transform, train_transform
 
 

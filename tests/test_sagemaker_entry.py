@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from src.cloud.entry import build_overrides, data_dir_from_channels, newest_checkpoint
+from src.cloud.entry import build_overrides, data_dir_from_channels
 from src.cloud.hyperparams import encode_overrides
 from src.cloud.search_space import load_search_space
 
@@ -166,7 +166,7 @@ def test_two_instances_on_loopback_with_the_sdk_torchrun_driver(tiny_data, tmp_p
         procs.append(subprocess.Popen([sys.executable, torchrun_driver.__file__], cwd=ROOT, env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outs = [p.communicate(timeout=500)[0] for p in procs]
-    for rank, (p, out) in enumerate(zip(procs, outs)):
+    for rank, (p, out) in enumerate(zip(procs, outs, strict=True)):
         assert p.returncode == 0, f"host {rank} failed:\n{out[-4000:]}"
         assert "--nnodes=2" in out and "--master_addr=127.0.0.1" in out
     finals = [json.loads(re.search(r"final_metrics rank=\d+: (\{.*\})", o).group(1)) for o in outs]
