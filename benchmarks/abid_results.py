@@ -43,6 +43,7 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "plateau5": ("this recipe, 5 epochs of ReduceLROnPlateau (patience 1, x0.2) instead of 12 of cosine",
                  ["experiment=abid_sample", "trainer.max_epochs=5", "model/scheduler=plateau", "model.scheduler.patience=1",
                   "model.scheduler.factor=0.2"]),
+    "dihedral": ("this recipe + vertical flips and 90-degree turns (data.dihedral)", ["experiment=abid_sample", "data.dihedral=true"]),
     "frozen": ("this recipe, frozen backbone (cached features)",
                ["experiment=abid_sample", "model.net.freeze_backbone=true", "data.feature_cache=true"]),
     "dist": ("this recipe + count-distance loss (weight 0.5)", ["experiment=abid_sample", "model.criterion.distance_weight=0.5"]),
