@@ -28,7 +28,9 @@ def test_recipe_config_composes():
     assert cfg.model.decision_rule == "expected"
     assert cfg.data.data_dir.endswith("data/abid_sample")
     assert cfg.data.prepare.source.endswith("../shared/abid") and list(cfg.data.prepare.resize) == [224, 224]
-    assert cfg.callbacks.early_stopping.monitor == "val/acc"
+    # 12 cosine epochs to lr 0, no early stopping; the best val/acc checkpoint is the one tested.
+    assert cfg.callbacks.early_stopping is None and cfg.callbacks.model_checkpoint.monitor == "val/acc"
+    assert cfg.model.scheduler._target_.endswith("CosineAnnealingLR") and cfg.model.scheduler.T_max == 12
     # Re-weighting by sampler or by loss, never both.
     assert not (cfg.data.weighted_sampler and cfg.model.criterion.weighting != "none")
 
