@@ -47,13 +47,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         metrics.update(trainer.callback_metrics)
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    tested_best = False
     if cfg.get("test", True):
         if not best:
             log.warning("No best checkpoint saved: testing the current weights")
         # ckpt_path=None tests the weights in memory (fast_dev_run, or no checkpoint callback).
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None)  # loads best into model
-        tested_best = bool(best)
         metrics.update(trainer.callback_metrics)
         if best:
             metrics["best_ckpt"] = best
@@ -66,7 +64,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         from src.serving.artifact import export_artifact
         from src.serving.checkpoint import load_net_weights
 
-        if best and not tested_best:
+        if best and not cfg.get("test", True):  # trainer.test already loaded the best weights
             load_net_weights(model.net, best)  # the best epoch, not the last
         path = export_artifact(model.net, cfg.data.image_size, model.hparams.decision_rule, artifact_dir)
         metrics["artifact_dir"] = str(path)
