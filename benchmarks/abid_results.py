@@ -46,6 +46,8 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "dihedral": ("this recipe + vertical flips and 90-degree turns (data.dihedral)", ["experiment=abid_sample", "data.dihedral=true"]),
     "frozen": ("this recipe, frozen backbone (cached features)",
                ["experiment=abid_sample", "model.net.freeze_backbone=true", "data.feature_cache=true"]),
+    "partial": ("this recipe, backbone frozen up to features.10 (the last 8 of 19 stages train)",
+                ["experiment=abid_sample", "model.net.freeze_backbone=true", "model.net.trainable_stages=8"]),
     "dist": ("this recipe + count-distance loss (weight 0.5)", ["experiment=abid_sample", "model.criterion.distance_weight=0.5"]),
     "sqrtw": ("this recipe + sqrt-inverse loss weights", ["experiment=abid_sample", "model.criterion.weighting=sqrt_inverse"]),
     "ls": ("this recipe + label smoothing 0.1", ["experiment=abid_sample", "model.criterion.label_smoothing=0.1"]),

@@ -71,6 +71,9 @@ class CountNet(nn.Module):
         if name not in BACKBONES:
             raise ValueError(f"Unknown model name {name!r}; valid: {', '.join(sorted(BACKBONES))}")
         classifier_attr, self.stages = BACKBONES[name]
+        if not 0 <= trainable_stages <= len(self.stages):
+            raise ValueError(f"model.net.trainable_stages={trainable_stages} is out of range: {name} has "
+                             f"{len(self.stages)} stages ({self.stages[0]} .. {self.stages[-1]}); use 0..{len(self.stages)}")
         model = torchvision.models.get_model(name, weights=None)
         _load_weights(model, name, weights)
         self.feature_dim = _imagenet_classifier_in_features(model, classifier_attr)
@@ -80,13 +83,16 @@ class CountNet(nn.Module):
         self.freeze_backbone = freeze_backbone
         self.trainable_stages = trainable_stages
         if freeze_backbone:
-            self._freeze(trainable_stages)
+            self._freeze()
 
-    def _freeze(self, trainable_stages: int) -> None:
+    def _freeze(self) -> None:
         """Freeze the backbone except its last ``trainable_stages`` stages (0: all frozen)."""
         self.backbone.requires_grad_(False)
-        for stage in self.stages[len(self.stages) - trainable_stages:] if trainable_stages else ():
+        for stage in self._trainable_stages():
             self.backbone.get_submodule(stage).requires_grad_(True)
+
+    def _trainable_stages(self) -> tuple[str, ...]:
+        return self.stages[len(self.stages) - self.trainable_stages:] if self.trainable_stages else ()
 
     @property
     def fully_frozen(self) -> bool:
@@ -94,9 +100,11 @@ class CountNet(nn.Module):
 
     def train(self, mode: bool = True) -> CountNet:
         super().train(mode)
-        if self.fully_frozen:
-            # A frozen backbone keeps its ImageNet BatchNorm statistics and no dropout.
+        if self.freeze_backbone:
+            # Frozen stages keep their ImageNet BatchNorm statistics (and no dropout): frozen means unchanged.
             self.backbone.eval()
+            for stage in self._trainable_stages():
+                self.backbone.get_submodule(stage).train(mode)
         return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
