@@ -6,7 +6,8 @@
 
 Runs live in ``logs/train/runs/abid_<row>_s<seed>/`` (metrics.json, checkpoints). Free ablations
 reuse the main recipe's best checkpoint: argmax vs rounded expected count, with and without
-horizontal-flip test-time augmentation. Writes ``bench_out/abid_results.{json,md}`` (or the folder
+horizontal-flip test-time augmentation; the same on the main recipe's seeds as one ensemble. Test
+probabilities are cached per checkpoint in each run's ``test_probs.pt``. Writes ``bench_out/abid_results.{json,md}`` (or the folder
 in ``BENCH_OUT``).
 """
 
@@ -103,8 +104,8 @@ def _state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def free_ablations(run: Path, ckpt: Path) -> dict[str, dict]:
-    """Decision rule x flip TTA on one trained model: one pass over the test split, both views."""
+def _test_probabilities(run: Path, ckpt: Path) -> dict[str, torch.Tensor]:
+    """One pass over the test split with a run's checkpoint: softmax of each image and of its mirror."""
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
@@ -118,23 +119,43 @@ def free_ablations(run: Path, ckpt: Path) -> dict[str, dict]:
         probs.append(net(x).softmax(-1))
         probs_flip.append(net(torch.flip(x, dims=[-1])).softmax(-1))
         true.append(y)
-    p, pf, y = torch.cat(probs), torch.cat(probs_flip), torch.cat(true)
-    out = {}
-    for tta, q in (("no TTA", p), ("flip TTA", (p + pf) / 2)):
-        for rule in ("argmax", "expected"):
-            m = metrics_from_confusion(confusion(y, predict_counts(q, rule)))
-            out[f"{rule}, {tta}"] = m
+    return {"probs": torch.cat(probs), "probs_flip": torch.cat(probs_flip), "true": torch.cat(true)}
+
+
+def test_probabilities(run: Path, ckpt: Path) -> dict[str, torch.Tensor]:
+    """_test_probabilities, cached in the run folder (one test pass per checkpoint)."""
+    cache = run / "test_probs.pt"
+    if cache.is_file():
+        cached = torch.load(cache, map_location="cpu", weights_only=True)
+        if cached.get("ckpt") == str(ckpt):
+            return cached
+    out = {"ckpt": str(ckpt), **_test_probabilities(run, ckpt)}
+    torch.save(out, cache)
     return out
 
 
-def evaluated(run: Path, ckpt: Path) -> dict:
-    """free_ablations, cached in the run folder: one pass over the test split per checkpoint."""
-    cache = run / "free_ablations.json"
-    cached = json.loads(cache.read_text()) if cache.is_file() else {}
-    if cached.get("ckpt") != str(ckpt):
-        cached = {"run": str(run), "ckpt": str(ckpt), "rows": free_ablations(run, ckpt)}
-        cache.write_text(json.dumps(cached, indent=2))
-    return cached
+def rule_and_tta(probs: torch.Tensor, probs_flip: torch.Tensor, true: torch.Tensor) -> dict[str, dict]:
+    """Test metrics for argmax vs rounded expected count, with and without flip TTA."""
+    out = {}
+    for tta, q in (("no TTA", probs), ("flip TTA", (probs + probs_flip) / 2)):
+        for rule in ("argmax", "expected"):
+            out[f"{rule}, {tta}"] = metrics_from_confusion(confusion(true, predict_counts(q, rule)))
+    return out
+
+
+def free_ablations(run: Path, ckpt: Path) -> dict[str, dict]:
+    """Decision rule x flip TTA on one trained model."""
+    t = test_probabilities(run, ckpt)
+    return rule_and_tta(t["probs"], t["probs_flip"], t["true"])
+
+
+def seed_ensemble(runs: dict[int, Path]) -> dict[str, dict]:
+    """Decision rule x flip TTA on the average of several seeds' probabilities (a k-model ensemble)."""
+    tests = [test_probabilities(run_dir("main", seed), ckpt) for seed, ckpt in runs.items()]
+    true = tests[0]["true"]
+    assert all(torch.equal(t["true"], true) for t in tests), "seeds were tested on different images"
+    mean = {k: torch.stack([t[k] for t in tests]).mean(0) for k in ("probs", "probs_flip")}
+    return rule_and_tta(mean["probs"], mean["probs_flip"], true)
 
 
 def unfinished(run: Path) -> dict | None:
@@ -146,7 +167,7 @@ def unfinished(run: Path) -> dict | None:
     from omegaconf import OmegaConf
 
     rule = OmegaConf.load(run / ".hydra" / "config.yaml").model.decision_rule
-    m = evaluated(run, ckpts[-1])["rows"][f"{rule}, no TTA"]
+    m = free_ablations(run, ckpts[-1])[f"{rule}, no TTA"]
     return {"metrics": m, "stopped_after_epoch": int(ckpts[-1].stem.split("_")[1]), "best_ckpt": str(ckpts[-1])}
 
 
@@ -186,7 +207,10 @@ def collect(seeds: list[int]) -> dict:
     if main:
         seed = min(main["seeds"])
         run, ckpt = run_dir("main", seed), Path(main["seeds"][seed]["best_ckpt"])
-        results["free_ablations"] = evaluated(run, ckpt)
+        results["free_ablations"] = {"run": str(run), "ckpt": str(ckpt), "rows": free_ablations(run, ckpt)}
+        if len(main["seeds"]) > 1:
+            ckpts = {s: Path(r["best_ckpt"]) for s, r in main["seeds"].items()}
+            results["seed_ensemble"] = {"seeds": sorted(ckpts), "rows": seed_ensemble(ckpts)}
     return results
 
 
@@ -203,6 +227,13 @@ def markdown(results: dict) -> str:
         lines += ["", "Free ablations on the main run's best checkpoint:", "",
                   "| decision rule, test-time augmentation | test acc | test RMSE |", "|---|---|---|"]  # fmt: skip
         for name, m in results["free_ablations"]["rows"].items():
+            lines.append(f"| {name} | {fmt(m)} |")
+    if "seed_ensemble" in results:
+        ens = results["seed_ensemble"]
+        lines += ["", f"The main recipe's seeds {ens['seeds']} as one ensemble (mean probabilities; "
+                  f"{len(ens['seeds'])}x the inference cost):", "",
+                  "| decision rule, test-time augmentation | test acc | test RMSE |", "|---|---|---|"]  # fmt: skip
+        for name, m in ens["rows"].items():
             lines.append(f"| {name} | {fmt(m)} |")
     for key, row in results["rows"].items():
         if "over_seeds" in row:

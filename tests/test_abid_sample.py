@@ -153,6 +153,22 @@ def test_constant_rows_score_the_training_mode_and_mean(tmp_path):
     assert mean_row["metrics"]["rmse"] == pytest.approx(rmse)
 
 
+def test_rule_and_tta_scores_each_view():
+    import torch
+
+    from benchmarks.abid_results import rule_and_tta
+
+    true = torch.tensor([0, 2, 5, 3])
+    # Bimodal rows: argmax picks a wrong end, the expected count lands on the truth.
+    probs = torch.tensor([[.9, .1, 0, 0, 0, 0], [.6, 0, 0, 0, .4, 0], [0, 0, 0, 0, .5, .5], [0, 0, .5, 0, .5, 0]])
+    flip = torch.nn.functional.one_hot(true, 6).float()  # a perfect mirror view
+    rows = rule_and_tta(probs, flip, true)
+    assert rows["argmax, no TTA"]["acc"] == 0.25  # only the 0 is right
+    assert rows["expected, no TTA"]["acc"] == 0.75  # 0.1, 1.6, 3.0 right; 4.5 rounds to 4
+    assert rows["expected, flip TTA"]["acc"] == 1.0
+    assert rows["argmax, no TTA"]["rmse"] > rows["expected, no TTA"]["rmse"]
+
+
 def test_diverged_training_stops_with_the_fix(bucket, tmp_path):
     cfg = small_recipe(bucket, tmp_path, "run", "model.optimizer.lr=1000", "trainer.max_epochs=2", "artifact_dir=null")
     with pytest.raises(FloatingPointError, match=r"diverged.*model.optimizer.lr \(now 1000.*data.drop_last=true"):
