@@ -71,6 +71,16 @@ def test_resume_from_last_checkpoint(tiny_cfg, tmp_path):
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 2 * steps_per_epoch
 
 
+def test_ema_weights_are_the_ones_checkpointed_and_tested(tiny_cfg):
+    cfg = tiny_cfg("callbacks/weight_averaging=ema", "callbacks.weight_averaging.decay=0.5", "trainer.max_epochs=2")
+    metrics, objects = train(cfg)
+    ckpt = torch.load(metrics["best_ckpt"], map_location="cpu", weights_only=True)
+    averaged, raw = ckpt["state_dict"], ckpt["current_model_state"]
+    assert any(not torch.equal(averaged[k], raw[k]) for k in raw if raw[k].is_floating_point())
+    tested = objects["model"].state_dict()  # what trainer.test scored and the artifact exported
+    assert all(torch.equal(tested[k], averaged[k]) for k in averaged)
+
+
 def test_class_weighted_loss_uses_training_counts(tiny_cfg):
     cfg = tiny_cfg("debug=fdr", "model.criterion.weighting=inverse")
     _, objects = train(cfg)
