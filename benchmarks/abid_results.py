@@ -49,6 +49,8 @@ ROWS: dict[str, tuple[str, list[str]]] = {
                ["experiment=abid_sample", "model.net.freeze_backbone=true", "data.feature_cache=true"]),
     "partial": ("this recipe, backbone frozen up to features.10 (the last 8 of 19 stages train)",
                 ["experiment=abid_sample", "model.net.freeze_backbone=true", "model.net.trainable_stages=8"]),
+    "ema": ("this recipe + an exponential moving average of the weights (decay 0.997)",
+            ["experiment=abid_sample", "callbacks/weight_averaging=ema"]),
     "dist": ("this recipe + count-distance loss (weight 0.5)", ["experiment=abid_sample", "model.criterion.distance_weight=0.5"]),
     "sqrtw": ("this recipe + sqrt-inverse loss weights", ["experiment=abid_sample", "model.criterion.weighting=sqrt_inverse"]),
     "ls": ("this recipe + label smoothing 0.1", ["experiment=abid_sample", "model.criterion.label_smoothing=0.1"]),
