@@ -7,8 +7,8 @@
 Runs live in ``logs/train/runs/abid_<row>_s<seed>/`` (metrics.json, checkpoints). Free ablations
 reuse the main recipe's best checkpoint: argmax vs rounded expected count, with and without
 horizontal-flip test-time augmentation; the same on the main recipe's seeds as one ensemble. Test
-probabilities are cached per checkpoint in each run's ``test_probs.pt``. Writes ``bench_out/abid_results.{json,md}`` (or the folder
-in ``BENCH_OUT``).
+probabilities are cached per checkpoint in each run's ``test_probs.pt``. Writes
+``bench_out/abid_results.{json,md}`` (or the folder in ``BENCH_OUT``).
 """
 
 from __future__ import annotations
@@ -151,9 +151,9 @@ def free_ablations(run: Path, ckpt: Path) -> dict[str, dict]:
     return rule_and_tta(t["probs"], t["probs_flip"], t["true"])
 
 
-def seed_ensemble(runs: dict[int, Path]) -> dict[str, dict]:
-    """Decision rule x flip TTA on the average of several seeds' probabilities (a k-model ensemble)."""
-    tests = [test_probabilities(run_dir("main", seed), ckpt) for seed, ckpt in runs.items()]
+def seed_ensemble(ckpts: dict[Path, Path]) -> dict[str, dict]:
+    """Decision rule x flip TTA on the average of several runs' probabilities (a k-model ensemble)."""
+    tests = [test_probabilities(run, ckpt) for run, ckpt in ckpts.items()]
     true = tests[0]["true"]
     assert all(torch.equal(t["true"], true) for t in tests), "seeds were tested on different images"
     mean = {k: torch.stack([t[k] for t in tests]).mean(0) for k in ("probs", "probs_flip")}
@@ -211,8 +211,8 @@ def collect(seeds: list[int]) -> dict:
         run, ckpt = run_dir("main", seed), Path(main["seeds"][seed]["best_ckpt"])
         results["free_ablations"] = {"run": str(run), "ckpt": str(ckpt), "rows": free_ablations(run, ckpt)}
         if len(main["seeds"]) > 1:
-            ckpts = {s: Path(r["best_ckpt"]) for s, r in main["seeds"].items()}
-            results["seed_ensemble"] = {"seeds": sorted(ckpts), "rows": seed_ensemble(ckpts)}
+            ckpts = {run_dir("main", s): Path(r["best_ckpt"]) for s, r in main["seeds"].items()}
+            results["seed_ensemble"] = {"seeds": sorted(main["seeds"]), "rows": seed_ensemble(ckpts)}
     return results
 
 

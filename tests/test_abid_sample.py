@@ -159,7 +159,7 @@ def test_rule_and_tta_scores_each_view():
     from benchmarks.abid_results import rule_and_tta
 
     true = torch.tensor([0, 2, 5, 3])
-    # Bimodal rows: argmax picks a wrong end, the expected count lands on the truth.
+    # Bimodal rows: argmax picks a wrong end; the expected count lands on the truth except for 4.5.
     probs = torch.tensor([[.9, .1, 0, 0, 0, 0], [.6, 0, 0, 0, .4, 0], [0, 0, 0, 0, .5, .5], [0, 0, .5, 0, .5, 0]])
     flip = torch.nn.functional.one_hot(true, 6).float()  # a perfect mirror view
     rows = rule_and_tta(probs, flip, true)
