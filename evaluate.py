@@ -1,12 +1,9 @@
 """Evaluate a model on a labelled folder: `python evaluate.py model_dir=... | ckpt_path=... [eval_dir=...]`."""
 
-import os
-from pathlib import Path
-
 import hydra
 from omegaconf import DictConfig
 
-os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
+import src  # noqa: F401  (sets PROJECT_ROOT for the configs)
 
 
 def run(cfg: DictConfig) -> dict:

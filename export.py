@@ -29,14 +29,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     from pathlib import Path
 
-    from src.serving.artifact import export_artifact, load_artifact, tarball_path
+    from src.inference.artifact import export_artifact, load_artifact, tarball_path
 
     args = parse_args(argv)
     if args.model_dir:
         net, config = load_artifact(args.model_dir)
         out = export_artifact(net, config["image_size"], config["decision_rule"], args.out or args.model_dir, onnx=args.onnx)
     else:
-        from src.serving.checkpoint import load_checkpoint
+        from src.inference.checkpoint import load_checkpoint
 
         loaded = load_checkpoint(args.ckpt, args.net_name, args.image_size, args.decision_rule)
         default = Path(args.ckpt).resolve().parent.parent / "model"

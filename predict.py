@@ -24,7 +24,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from src.serving.loading import load_predictor
+    from src.inference.loading import load_predictor
     from src.serving.predict import predict_paths
 
     predictor, _ = load_predictor(model_dir=args.model_dir, ckpt_path=args.ckpt, backend=args.backend)

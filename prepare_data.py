@@ -1,14 +1,13 @@
 """Prepare ABID: `python prepare_data.py source=<folder or s3://...> output=<folder or s3://...> [key=value ...]`."""
 
 import logging
-import os
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
+import src  # noqa: F401  (sets PROJECT_ROOT for the configs)
+
 log = logging.getLogger("prepare_data")
 SETTINGS = (
     "source output ids ids_format max_count fractions seed resize jpeg_quality workers dry_run "

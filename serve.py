@@ -1,20 +1,17 @@
 """Serve a model artifact: `python serve.py model_dir=<run>/model [backend=onnx] [port=8080]`."""
 
-import os
-from pathlib import Path
-
 import hydra
 from omegaconf import DictConfig
 
-os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
+import src  # noqa: F401  (sets PROJECT_ROOT for the configs)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="serve")
 def main(cfg: DictConfig) -> None:
     import torch
 
+    from src.inference.predictor import CountPredictor
     from src.serving.app import create_app, run
-    from src.serving.handler import CountPredictor
 
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)

@@ -1,12 +1,9 @@
 """Train a bin-counting model: `python train.py [experiment=quickstart] [key=value ...]`."""
 
-import os
-from pathlib import Path
-
 import hydra
 from omegaconf import DictConfig
 
-os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
+import src  # noqa: F401  (sets PROJECT_ROOT for the configs)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")

@@ -91,9 +91,9 @@ def main(argv=None) -> dict:
     from PIL import Image
 
     from src.data.synthetic import make_imagefolder
+    from src.inference.artifact import export_artifact
+    from src.inference.predictor import CountPredictor
     from src.models.backbones import CountNet
-    from src.serving.artifact import export_artifact
-    from src.serving.handler import CountPredictor
 
     if args.threads:
         torch.set_num_threads(args.threads)

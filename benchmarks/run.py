@@ -29,8 +29,8 @@ from torch import nn
 from src.data.fast_decode import decode_batch
 from src.data.images import load_rgb
 from src.data.transforms import eval_transform
+from src.inference.backends import OnnxRunner, TorchRunner, export_onnx
 from src.models.backbones import CountNet
-from src.models.fast_inference import OnnxPredictor, export_onnx, torch_predictor
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_ABID = ROOT.parent / "shared" / "abid"
@@ -115,12 +115,12 @@ def bench_inference(args, results: dict, peak: float) -> None:
         reference = net.eval()(x)
     if DEVICE == "cpu":
         with tempfile.TemporaryDirectory() as tmp:
-            ort = OnnxPredictor(export_onnx(resnet50(), Path(tmp) / "resnet50.onnx", size))
+            ort = OnnxRunner(export_onnx(resnet50(), Path(tmp) / "resnet50.onnx", size))
         fns["ours"] = lambda: ort(x)
         ours_name = "onnxruntime"
         diff = float((torch.as_tensor(ort(x)) - reference).abs().max())
     else:
-        fast = torch_predictor(resnet50(), channels_last=True)
+        fast = TorchRunner(resnet50(), device=DEVICE)
 
         def bf16() -> None:
             with torch.autocast("cuda", torch.bfloat16):
@@ -129,7 +129,7 @@ def bench_inference(args, results: dict, peak: float) -> None:
         fns["ours"] = bf16
         ours_name = "channels_last + bf16 autocast"
         diff = None
-    cl_net = torch_predictor(resnet50(), channels_last=True)
+    cl_net = TorchRunner(resnet50(), device=DEVICE)
     fns["channels_last"] = lambda: cl_net(x)
     n = 2048
     a, b = torch.randn(n, n, device=DEVICE), torch.randn(n, n, device=DEVICE)

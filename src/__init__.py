@@ -1,0 +1,9 @@
+"""bincount: count the objects in warehouse bin photos (ABID): data, models, inference, training,
+evaluation, serving and the SageMaker launcher, one package each."""
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The Hydra configs find the repository through this variable (configs/paths/default.yaml).
+os.environ.setdefault("PROJECT_ROOT", str(PROJECT_ROOT))

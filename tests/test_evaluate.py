@@ -16,7 +16,7 @@ from src.data.synthetic import make_imagefolder
 from src.evaluation.batch import FolderPredictions
 from src.evaluation.report import build_metrics, summary_table, write_report
 from src.evaluation.runner import evaluate
-from src.serving.artifact import export_artifact
+from src.inference.artifact import export_artifact
 from tests.conftest import compose_cfg
 from tests.test_serving import IMAGE_SIZE, fake_checkpoint, one_torch_thread, tiny_net  # noqa: F401
 

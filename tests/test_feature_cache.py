@@ -14,7 +14,7 @@ from src.data.images import CountFolder
 from src.data.synthetic import make_imagefolder
 from src.data.transforms import eval_transform
 from src.models.backbones import CountNet
-from src.models.feature_cache import FeatureCache
+from src.training.feature_cache import FeatureCache
 from src.training.pipeline import train
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -98,10 +97,7 @@ def test_shim_trains_one_epoch_and_prints_the_objective_line(tiny_data, tmp_path
     ckpt = tmp_path / "checkpoints"
     assert (ckpt / "last.ckpt").is_file()
     assert torch.load(ckpt / "last.ckpt", map_location="cpu", weights_only=True)["epoch"] == 0
-    # The model artifact (issue 4's src/serving/artifact.py) is checked once that module exists.
-    if importlib.util.find_spec("src.serving") is None or importlib.util.find_spec("src.serving.artifact") is None:
-        return
-    from src.serving.artifact import load_artifact
+    from src.inference.artifact import load_artifact
 
     net, config = load_artifact(tmp_path / "model")
     assert config["image_size"] == 32 and (tmp_path / "model" / "code" / "inference.py").is_file()

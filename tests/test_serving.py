@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import hashlib
 import json
 import os
 import subprocess
@@ -19,12 +20,12 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from src.inference.artifact import export_artifact, load_artifact, tarball_path
+from src.inference.checkpoint import infer_backbone, load_checkpoint
+from src.inference.predictor import CountPredictor
 from src.models.backbones import CountNet
 from src.serving.app import create_app
-from src.serving.artifact import export_artifact, load_artifact, tarball_path
-from src.serving.checkpoint import infer_backbone, load_checkpoint
 from src.serving.handler import (
-    CountPredictor,
     decode_request,
     input_fn,
     model_fn,
@@ -97,6 +98,7 @@ def test_artifact_layout_and_config(artifact):
     for rel in ("model.pt", "model_config.json", "code/inference.py", "code/requirements.txt"):
         assert (artifact / rel).is_file(), rel
     config = json.loads((artifact / "model_config.json").read_text())
+    assert config.pop("weights_sha256") == hashlib.sha256((artifact / "model.pt").read_bytes()).hexdigest()
     assert config == {
         "net": {"name": "resnet18", "num_classes": 6, "dropout": 0.0},
         "image_size": IMAGE_SIZE,
@@ -110,6 +112,21 @@ def test_artifact_layout_and_config(artifact):
         names = set(tar.getnames())
     assert {"model.pt", "model_config.json", "code/inference.py", "code/src/serving/handler.py"} <= names
     assert not any(n.startswith(("model/", "/")) for n in names)  # contents at the archive root
+    # code/ is the inference package plus what the handler imports; nothing of training or Hydra.
+    vendored = {n for n in names if n.startswith("code/src/")}
+    assert {"code/src/inference/predictor.py", "code/src/inference/backends.py", "code/src/models/backbones.py"} <= vendored
+    assert not any(n.startswith(("code/src/training", "code/src/cloud", "code/src/evaluation")) for n in vendored)
+
+
+def test_load_artifact_refuses_weights_that_do_not_match_the_hash(artifact, tmp_path):
+    import shutil
+
+    copy = Path(shutil.copytree(artifact, tmp_path / "model"))
+    state = torch.load(copy / "model.pt", weights_only=True)
+    state["head.1.bias"] += 1.0  # another model's weights under the same config
+    torch.save(state, copy / "model.pt")
+    with pytest.raises(ValueError, match="does not match the weights_sha256"):
+        load_artifact(copy)
 
 
 def test_load_artifact_reproduces_the_network(artifact):
@@ -289,7 +306,7 @@ def test_handler_rejects_bad_requests(predictor):
 def test_model_fn_loads_the_artifact(artifact):
     model = model_fn(str(artifact))
     assert model.backend == "torch" and model.image_size == IMAGE_SIZE
-    assert model.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert model.runner.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(FileNotFoundError, match="--onnx"):
         CountPredictor.from_model_dir(artifact, backend="onnx")
 
@@ -401,7 +418,7 @@ def test_predict_cli_lines_json_and_errors(artifact, predictor, tmp_path, capsys
 # -- training writes the artifact ---------------------------------------------------------------
 @pytest.mark.slow  # ~20 s; the default run still exports artifacts inside test_train's runs
 def test_train_writes_the_artifact_of_the_best_checkpoint(tiny_cfg, tmp_path):
-    from src.serving.loading import load_predictor
+    from src.inference.loading import load_predictor
     from src.training.pipeline import train
 
     metrics, objects = train(tiny_cfg("debug=limit", "trainer.max_epochs=1", "test=false"))

@@ -16,9 +16,10 @@ from fastapi.testclient import TestClient
 
 from src.data.synthetic import make_imagefolder
 from src.evaluation.runner import evaluate
+from src.inference.artifact import export_artifact
+from src.inference.predictor import CountPredictor
 from src.serving.app import create_app
-from src.serving.artifact import export_artifact
-from src.serving.handler import CountPredictor, input_fn, model_fn, output_fn, predict_fn
+from src.serving.handler import input_fn, model_fn, output_fn, predict_fn
 from tests.test_serving import IMAGE_SIZE, STANDALONE, fake_checkpoint, one_torch_thread, tiny_net  # noqa: F401
 
 

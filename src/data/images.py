@@ -10,9 +10,10 @@ from typing import Any
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
+from src.data.layout import IMAGE_EXTENSIONS
+
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -40,7 +40,8 @@ from src.data.abid import (
     resize_jpeg,
     target_size,
 )
-from src.data.split import SPLITS, assign_splits, check_fractions
+from src.data.layout import SPLITS
+from src.data.split import assign_splits, check_fractions
 from src.data.storage import LocalStore, Missing, open_store, read_uri
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 
-SPLITS = ("train", "val", "test")
+from src.data.layout import SPLITS
 
 
 def hash_unit(name: str, seed: int) -> float:

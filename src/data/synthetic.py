@@ -26,7 +26,6 @@ from PIL import Image, ImageDraw, ImageFilter
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 # Mildly imbalanced like ABID (few empty bins), so samplers and loss weights have work to do.
 DEFAULT_CLASS_PROBS = (0.08, 0.14, 0.18, 0.20, 0.20, 0.20)
 MARKER = ".synthetic.json"

@@ -11,8 +11,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from src.data.images import CountFolder, load_rgb
+from src.inference.predictor import CountPredictor
 from src.models.counting import predict_counts
-from src.serving.handler import CountPredictor
 
 log = logging.getLogger(__name__)
 

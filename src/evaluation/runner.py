@@ -9,7 +9,7 @@ from typing import Any
 
 from src.evaluation.batch import predict_folder
 from src.evaluation.report import summary_table, write_report
-from src.serving.loading import load_predictor
+from src.inference.loading import load_predictor
 
 log = logging.getLogger(__name__)
 

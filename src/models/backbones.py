@@ -68,6 +68,7 @@ class CountNet(nn.Module):
         trainable_stages: int = 0,
     ):
         super().__init__()
+        self.name = name
         if name not in BACKBONES:
             raise ValueError(f"Unknown model name {name!r}; valid: {', '.join(sorted(BACKBONES))}")
         classifier_attr, self.stages = BACKBONES[name]
@@ -93,6 +94,11 @@ class CountNet(nn.Module):
 
     def _trainable_stages(self) -> tuple[str, ...]:
         return self.stages[len(self.stages) - self.trainable_stages:] if self.trainable_stages else ()
+
+    @property
+    def spec(self) -> dict:
+        """What rebuilds this network's architecture (weights apart): saved in checkpoints and artifacts."""
+        return {"name": self.name, "num_classes": self.head[-1].out_features, "dropout": float(self.head[0].p)}
 
     @property
     def fully_frozen(self) -> bool:

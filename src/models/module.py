@@ -56,6 +56,10 @@ class BinCounter(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The checkpoint names its own network, so loading it never guesses the backbone.
+        checkpoint["net_spec"] = self.net.spec
+
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.criterion.weighting != "none":
             datamodule = getattr(self.trainer, "datamodule", None)

@@ -1,4 +1,5 @@
-"""Serving: the model artifact, the inference handler, the HTTP app and ONNX export.
+"""Serving: request decoding and the SageMaker handler functions, the HTTP app, the predict CLI.
 
-Nothing here needs Hydra or Lightning: an endpoint container stays light.
+Builds on the inference core (``src.inference``); nothing here needs Hydra or Lightning, so an
+endpoint container stays light.
 """

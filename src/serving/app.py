@@ -21,10 +21,10 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from src.inference.predictor import CountPredictor
 from src.serving.handler import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_PIXELS,
-    CountPredictor,
     PayloadTooLarge,
     RequestError,
     decode_request,

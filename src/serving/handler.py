@@ -25,14 +25,12 @@ import json
 import os
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
-from src.data.transforms import eval_transform
-from src.models.counting import predict_counts
+from src.inference.predictor import CountPredictor
 
 DEFAULT_MAX_BODY_BYTES = 6 * 1024 * 1024  # SageMaker's real-time payload limit
 DEFAULT_MAX_PIXELS = 25_000_000  # ABID photos are ~0.2 MP; this refuses decompression bombs early
@@ -41,7 +39,6 @@ JSON_TYPE = "application/json"
 JSONLINES_TYPES = ("application/jsonlines", "application/x-jsonlines", "application/jsonl")
 ACCEPT_TYPES = (JSON_TYPE, *JSONLINES_TYPES)
 IMAGE_FORMATS = ("JPEG", "PNG")
-MAX_BATCH = 32  # images per forward pass; a JSON list is split into chunks of this size
 
 try:  # inside the SageMaker container, its toolkit turns these into HTTP status codes
     from sagemaker_inference.errors import BaseInferenceToolkitError as _ToolkitError
@@ -206,91 +203,6 @@ def decode_request(
     raise UnsupportedMediaType(
         f"Unsupported content type {content_type!r}; use one of: {', '.join(IMAGE_TYPES + (JSON_TYPE,) + JSONLINES_TYPES)}"
     )
-
-
-# -- prediction ---------------------------------------------------------------------------------
-class CountPredictor:
-    """A loaded model: images -> count, confidence and class probabilities.
-
-    ``backend='torch'`` runs the CountNet eagerly (channels_last, faster on CPU);
-    ``backend='onnx'`` runs ``model.onnx`` with ONNX Runtime.
-    """
-
-    def __init__(
-        self,
-        net: torch.nn.Module | None,
-        config: dict[str, Any],
-        backend: str = "torch",
-        onnx_path: str | Path | None = None,
-        channels_last: bool = True,
-        device: str = "cpu",
-    ):
-        self.config = config
-        self.image_size = int(config["image_size"])
-        self.decision_rule = config.get("decision_rule", "argmax")
-        self.transform = eval_transform(self.image_size)
-        self.backend = backend
-        self.channels_last = channels_last
-        self.device = torch.device(device)
-        if backend == "torch":
-            if net is None:
-                raise ValueError("backend='torch' needs the network")
-            net = net.eval().to(self.device)
-            self.net = net.to(memory_format=torch.channels_last) if channels_last else net
-        elif backend == "onnx":
-            from src.models.fast_inference import OnnxPredictor
-
-            if onnx_path is None or not Path(onnx_path).is_file():
-                raise FileNotFoundError(
-                    f"ONNX model {onnx_path} not found; export it with `python export.py --model-dir <dir> --onnx`"
-                )
-            self.runner = OnnxPredictor(onnx_path)
-        else:
-            raise ValueError(f"Unknown backend {backend!r}; valid: torch, onnx")
-
-    @classmethod
-    def from_model_dir(
-        cls, model_dir: str | Path, backend: str = "torch", channels_last: bool = True, device: str = "cpu"
-    ) -> CountPredictor:
-        from src.serving.artifact import ONNX_FILE, load_artifact, read_config
-
-        if backend == "onnx":
-            return cls(None, read_config(model_dir), "onnx", Path(model_dir) / ONNX_FILE)
-        net, config = load_artifact(model_dir)
-        return cls(net, config, backend, channels_last=channels_last, device=device)
-
-    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        return torch.stack([self.transform(image) for image in images])
-
-    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        """Normalised image batch (N, 3, S, S) -> class probabilities (N, C), float32 on CPU."""
-        if self.backend == "onnx":
-            logits = torch.from_numpy(self.runner(batch.numpy()))
-        else:
-            batch = batch.to(self.device, non_blocking=True)
-            if self.channels_last:
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            with torch.inference_mode():
-                logits = self.net(batch)
-        return logits.float().softmax(-1).cpu()
-
-    def results(self, probs: torch.Tensor, ids: list[Any] | None = None) -> list[dict[str, Any]]:
-        counts = predict_counts(probs, self.decision_rule)
-        out = []
-        for i, (count, row) in enumerate(zip(counts.tolist(), probs.tolist(), strict=True)):
-            result = {"count": int(count), "confidence": row[count], "probabilities": row}
-            if ids and ids[i] is not None:
-                result = {"id": ids[i], **result}
-            out.append(result)
-        return out
-
-    def predict(self, images: list[Image.Image], ids: list[Any] | None = None) -> list[dict[str, Any]]:
-        results: list[dict[str, Any]] = []
-        for start in range(0, len(images), MAX_BATCH):
-            chunk = images[start : start + MAX_BATCH]
-            chunk_ids = ids[start : start + MAX_BATCH] if ids else None
-            results += self.results(self.probabilities(self.preprocess(chunk)), chunk_ids)
-        return results
 
 
 def choose_accept(accept: str | None, lines: bool) -> str:

@@ -7,16 +7,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from src.serving.handler import DEFAULT_MAX_PIXELS, CountPredictor, RequestError, decode_image
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+from src.data.layout import IMAGE_EXTENSIONS
+from src.inference.predictor import CountPredictor
+from src.serving.handler import DEFAULT_MAX_PIXELS, RequestError, decode_image
 
 
 def iter_image_paths(paths: list[str | Path]) -> Iterator[Path]:
     """Files as given; folders searched recursively for .jpg/.jpeg/.png, in sorted order."""
     for p in map(Path, paths):
         if p.is_dir():
-            yield from sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            yield from sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
         elif p.is_file():
             yield p
         else:

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 def feature_datamodule(cfg: DictConfig, model: pl.LightningModule) -> pl.LightningDataModule:
     """The datamodule of cached frozen-backbone features (``data.feature_cache=true``)."""
-    from src.models.feature_cache import FeatureDataModule
+    from src.training.feature_cache import FeatureDataModule
 
     datamodule = instantiate(cfg.data, _target_=f"{FeatureDataModule.__module__}.{FeatureDataModule.__name__}")
     datamodule.attach(model.net, name=cfg.model.net.get("name"))  # raises unless fully frozen
@@ -61,8 +61,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             metrics.update(cb.summary())
     artifact_dir = cfg.get("artifact_dir")
     if artifact_dir and trainer.is_global_zero:
-        from src.serving.artifact import export_artifact
-        from src.serving.checkpoint import load_net_weights
+        from src.inference.artifact import export_artifact
+        from src.inference.checkpoint import load_net_weights
 
         if best and not cfg.get("test", True):  # trainer.test already loaded the best weights
             load_net_weights(model.net, best)  # the best epoch, not the last

@@ -1,10 +1,10 @@
 """Lightning checkpoint -> CountNet, without Lightning or Hydra.
 
-The LightningModule leaves ``net`` out of its saved hyperparameters, so a checkpoint does not name
-its backbone. It does not need to: the state dict's keys and shapes identify the architecture
-exactly (resnet18/34/50, mobilenet_v2/v3, efficientnet_b0 all differ), the head's shape gives the
-number of classes, and the checkpoint keeps the datamodule's ``image_size`` and the module's
-``decision_rule``. Every value can still be overridden explicitly.
+A checkpoint names its network: ``BinCounter`` saves ``CountNet.spec`` (backbone name, classes,
+dropout) under ``NET_SPEC_KEY``; the datamodule's ``image_size`` and the module's ``decision_rule``
+are in its hyperparameters. Checkpoints written before the spec was saved are still read: their
+backbone is recognised from the state dict's keys and shapes (resnet18/34/50, mobilenet_v2/v3 and
+efficientnet_b0 all differ) and the head's shape gives the number of classes.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torchvision
 from src.models.backbones import BACKBONES, CountNet
 
 NET_PREFIX = "net."
+NET_SPEC_KEY = "net_spec"
 
 
 @dataclass
@@ -62,6 +63,12 @@ def infer_backbone(state: dict[str, torch.Tensor]) -> str:
     )
 
 
+def legacy_spec(state: dict[str, torch.Tensor]) -> dict:
+    """The spec of a checkpoint written before ``net_spec`` was saved, read off its weights."""
+    head = [k for k in state if k.startswith("head.") and k.endswith(".weight")]
+    return {"name": infer_backbone(state), "num_classes": state[sorted(head)[-1]].shape[0]}
+
+
 def load_net_weights(net: CountNet, ckpt_path: str | Path) -> CountNet:
     """Load a checkpoint's ``net.*`` weights into an existing CountNet (strict)."""
     net.load_state_dict(net_state(read_checkpoint(ckpt_path)))
@@ -77,12 +84,11 @@ def load_checkpoint(
     """Rebuild the CountNet of a ``train.py`` checkpoint, in eval mode on CPU."""
     checkpoint = read_checkpoint(ckpt_path)
     state = net_state(checkpoint)
-    name = net_name or infer_backbone(state)
-    head = [k for k in state if k.startswith("head.") and k.endswith(".weight")]
-    num_classes = state[sorted(head)[-1]].shape[0]
-    net = CountNet(name=name, weights=None, num_classes=num_classes)
+    spec = dict(checkpoint.get(NET_SPEC_KEY) or legacy_spec(state))
+    if net_name:
+        spec["name"] = net_name
+    net = CountNet(weights=None, **spec)
     net.load_state_dict(state)
-    net.name = name
     data_hp = checkpoint.get("datamodule_hyper_parameters") or {}
     module_hp = checkpoint.get("hyper_parameters") or {}
     size = image_size or data_hp.get("image_size")

@@ -15,6 +15,8 @@ inference container needs neither this repository nor Hydra/Lightning.
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import json
 import shutil
 import tarfile
@@ -22,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from src.models.backbones import CountNet
@@ -34,43 +35,22 @@ ONNX_FILE = "model.onnx"
 TARBALL = "model.tar.gz"
 
 SRC_ROOT = Path(__file__).resolve().parents[1]  # the `src` package
-# What code/inference.py imports, transitively: copied into code/src/ at export time.
-VENDORED = (
-    "__init__.py",
-    "data/__init__.py",
-    "data/transforms.py",
-    "models/__init__.py",
-    "models/backbones.py",
-    "models/counting.py",
-    "models/fast_inference.py",
-    "serving/__init__.py",
-    "serving/artifact.py",
-    "serving/handler.py",
-)
+# The SageMaker entry script (code/inference.py). A path, not an import: serving sits above this layer.
+CONTAINER_ENTRY = SRC_ROOT / "serving" / "container.py"
 # The SageMaker PyTorch inference container already has torch, torchvision and Pillow;
 # transforms.v2.RGB needs torchvision >= 0.19 (container >= 2.4).
 REQUIREMENTS = "# torch, torchvision (>= 0.19) and pillow come with the SageMaker PyTorch inference container.\n"
 
 
 def model_config(net: CountNet, image_size: int, decision_rule: str) -> dict[str, Any]:
-    num_classes = net.head[-1].out_features
-    dropout = next((m.p for m in net.head if isinstance(m, nn.Dropout)), 0.0)
+    num_classes = net.spec["num_classes"]
     return {
-        "net": {"name": net_name(net), "num_classes": num_classes, "dropout": float(dropout)},
+        "net": net.spec,
         "image_size": int(image_size),
         "decision_rule": decision_rule,
         "classes": list(range(num_classes)),
         "preprocessing": {"resize": [int(image_size)] * 2, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
     }
-
-
-def net_name(net: CountNet) -> str:
-    name = getattr(net, "name", None)
-    if name:
-        return name
-    from src.serving.checkpoint import infer_backbone  # CountNet does not keep its name
-
-    return infer_backbone(net.state_dict())
 
 
 def export_artifact(
@@ -90,9 +70,10 @@ def export_artifact(
     config = model_config(net, image_size, decision_rule)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
     torch.save(state, out / WEIGHTS_FILE)
+    config["weights_sha256"] = file_sha256(out / WEIGHTS_FILE)
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     if onnx:
-        from src.models.fast_inference import export_onnx
+        from src.inference.backends import export_onnx
 
         export_onnx(net, out / ONNX_FILE, image_size)
     write_code(out, with_onnx=(out / ONNX_FILE).is_file())
@@ -101,19 +82,62 @@ def export_artifact(
     return out
 
 
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def write_code(model_dir: Path, with_onnx: bool = False) -> Path:
     """``code/inference.py``, ``code/requirements.txt`` and the vendored ``code/src``."""
     code = model_dir / "code"
     if (code / "src").exists():
         shutil.rmtree(code / "src")
-    for rel in VENDORED:
+    for rel in vendored_files():
         dest = code / "src" / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(SRC_ROOT / rel, dest)
-    shutil.copyfile(SRC_ROOT / "serving" / "inference.py", code / "inference.py")
+    shutil.copyfile(CONTAINER_ENTRY, code / "inference.py")
     requirements = REQUIREMENTS + ("onnxruntime>=1.18\n" if with_onnx else "")
     (code / "requirements.txt").write_text(requirements)
     return code
+
+
+def _src_imports(path: Path) -> set[str]:
+    """Dotted ``src.*`` modules that ``path`` imports anywhere (lazy imports inside functions too)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names |= {f"{node.module}.{a.name}" for a in node.names}  # `from src.x import module`
+    return {n for n in names if n == "src" or n.startswith("src.")}
+
+
+def vendored_files() -> list[str]:
+    """Paths under ``src/`` that ``code/`` needs: the whole inference package, plus every module the
+    container entry imports, transitively, with each package's ``__init__.py``."""
+    todo = [CONTAINER_ENTRY, *sorted((SRC_ROOT / "inference").glob("*.py"))]
+    seen: set[Path] = set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for module in _src_imports(path):
+            parts = module.split(".")[1:]
+            for i in range(len(parts) + 1):  # every enclosing package's __init__.py
+                init = SRC_ROOT.joinpath(*parts[:i], "__init__.py")
+                if init.is_file():
+                    todo.append(init)
+            file = SRC_ROOT.joinpath(*parts).with_suffix(".py") if parts else None
+            if file is not None and file.is_file():
+                todo.append(file)
+    seen.discard(CONTAINER_ENTRY)
+    return sorted(p.relative_to(SRC_ROOT).as_posix() for p in seen)
 
 
 def tarball_path(model_dir: str | Path) -> Path:
@@ -159,7 +183,11 @@ def load_artifact(model_dir: str | Path) -> tuple[CountNet, dict[str, Any]]:
     config = read_config(model_dir)
     spec = config["net"]
     net = CountNet(name=spec["name"], weights=None, num_classes=spec["num_classes"], dropout=spec.get("dropout", 0.0))
-    state = torch.load(model_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    weights = model_dir / WEIGHTS_FILE
+    expected = config.get("weights_sha256")  # absent in artifacts written before it was recorded
+    if expected and file_sha256(weights) != expected:
+        raise ValueError(f"{weights} does not match the weights_sha256 in {CONFIG_FILE}: the file is corrupt "
+                         "or from another model; re-export the artifact (python export.py)")
+    state = torch.load(weights, map_location="cpu", weights_only=True)
     net.load_state_dict(state)
-    net.name = spec["name"]
     return net.eval(), config

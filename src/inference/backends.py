@@ -1,4 +1,5 @@
-"""Fast inference for a CountNet: channels_last / torch.compile in PyTorch, or ONNX Runtime on CPU.
+"""Backends that run a CountNet on a preprocessed batch: PyTorch (eager, channels_last, compile) or
+ONNX Runtime. Both are called as ``runner(images) -> logits`` (a float32 CPU tensor).
 
 Measured on a 2-core AVX-512 CPU, ResNet50 at 224, batch 32 (GUIDE section 4 and benchmarks/):
 eager fp32 NCHW ~14 img/s, channels_last ~1.4x that, ONNX Runtime ~2.6x (near the CPU's matmul peak).
@@ -8,28 +9,32 @@ Needs neither Lightning nor Hydra, so an endpoint can use it.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+BACKENDS = ("torch", "onnx")
 
-def torch_predictor(net: nn.Module, channels_last: bool = True, compile: bool = False) -> Callable:
-    """``fn(images) -> logits`` running ``net`` in eval mode under inference_mode."""
-    net = net.eval()
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    forward = torch.compile(net) if compile else net
+
+class TorchRunner:
+    """``net`` in eval mode under inference_mode, on ``device``; channels_last by default (faster on CPU)."""
+
+    def __init__(self, net: nn.Module, device: str | torch.device = "cpu", channels_last: bool = True,
+                 compile: bool = False):
+        self.device = torch.device(device)
+        self.channels_last = channels_last
+        net = net.eval().to(self.device)
+        self.net = net.to(memory_format=torch.channels_last) if channels_last else net
+        self.forward = torch.compile(self.net) if compile else self.net
 
     @torch.inference_mode()
-    def predict(images: torch.Tensor) -> torch.Tensor:
-        if channels_last:
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True)
+        if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return forward(images)
-
-    return predict
+        return self.forward(images).float().cpu()
 
 
 def export_onnx(net: nn.Module, path: str | Path, image_size: int = 224, opset: int = 17) -> Path:
@@ -51,8 +56,8 @@ def export_onnx(net: nn.Module, path: str | Path, image_size: int = 224, opset: 
     return path
 
 
-class OnnxPredictor:
-    """ONNX Runtime CPU session: ``predictor(images) -> outputs`` (numpy or torch in, numpy out).
+class OnnxRunner:
+    """ONNX Runtime CPU session: ``runner(images) -> logits`` (numpy or torch in, torch out).
 
     Threads: ``threads``, else ``$BINCOUNT_ORT_THREADS``, else torch's intra-op thread count.
     Safe to call from several threads at once.
@@ -69,7 +74,11 @@ class OnnxPredictor:
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 
-    def __call__(self, images) -> np.ndarray:
+    def run(self, images) -> np.ndarray:
+        """The raw first output as numpy (the feature cache reads backbone features this way)."""
         if isinstance(images, torch.Tensor):
             images = images.detach().cpu().numpy()
         return self.session.run(None, {self.input_name: np.ascontiguousarray(images, dtype=np.float32)})[0]
+
+    def __call__(self, images) -> torch.Tensor:
+        return torch.from_numpy(self.run(images))

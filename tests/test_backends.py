@@ -1,4 +1,4 @@
-"""Fast inference paths give the eager network's logits; the compile option keeps checkpoint keys."""
+"""Inference backends give the eager network's logits; the compile option keeps checkpoint keys."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from src.data.fast_decode import decode_batch, read_rgb
 from src.data.images import load_rgb
 from src.data.synthetic import make_bucket
 from src.data.transforms import eval_transform
+from src.inference.backends import OnnxRunner, TorchRunner, export_onnx
 from src.models.backbones import CountNet
-from src.models.fast_inference import OnnxPredictor, export_onnx, torch_predictor
 
 
 def small_net() -> CountNet:
@@ -22,11 +22,11 @@ def test_channels_last_and_onnx_match_eager(tmp_path):
     x = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
         reference = net(x)
-    assert torch.allclose(torch_predictor(small_net(), channels_last=True)(x), reference, atol=1e-4)
+    assert torch.allclose(TorchRunner(small_net(), channels_last=True)(x), reference, atol=1e-4)
     path = export_onnx(small_net(), tmp_path / "net.onnx", image_size=64)
-    ort = OnnxPredictor(path, threads=1)
+    ort = OnnxRunner(path, threads=1)
     for batch in (x, x[:1]):  # dynamic batch axis
-        assert torch.allclose(torch.as_tensor(ort(batch)), net(batch).detach(), atol=1e-4)
+        assert torch.allclose(ort(batch), net(batch).detach(), atol=1e-4)
 
 
 def test_compile_option_keeps_state_dict_keys(tiny_cfg):

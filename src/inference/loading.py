@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from src.serving.artifact import ONNX_FILE, model_config
-from src.serving.handler import CountPredictor
+from src.inference.artifact import ONNX_FILE, model_config
+from src.inference.predictor import CountPredictor
 
 
 def load_predictor(
@@ -36,12 +36,12 @@ def load_predictor(
             raise ValueError("net_name/image_size/decision_rule apply to ckpt_path only; a model_dir records them")
         predictor = CountPredictor.from_model_dir(model_dir, backend=backend, device=device)
         return predictor, {"model_dir": str(model_dir), "backend": backend, **predictor.config}
-    from src.serving.checkpoint import load_checkpoint
+    from src.inference.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(ckpt_path, net_name=net_name, image_size=image_size, decision_rule=decision_rule)
     config = model_config(loaded.net, loaded.image_size, loaded.decision_rule)
     if backend == "onnx":
-        from src.models.fast_inference import export_onnx
+        from src.inference.backends import export_onnx
 
         folder = Path(onnx_dir) if onnx_dir else Path(tempfile.mkdtemp(prefix="bincount-onnx-"))
         folder.mkdir(parents=True, exist_ok=True)

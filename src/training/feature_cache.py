@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from src.data.datamodule import BinDataModule
 from src.data.images import CountFolder
 from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
-from src.models.fast_inference import OnnxPredictor, export_onnx
+from src.inference.backends import OnnxRunner, export_onnx
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +195,7 @@ class FeatureCache:
         if not use_ort:
             cl = self.channels_last
             return lambda x: self.backbone(x.contiguous(memory_format=torch.channels_last) if cl else x)
-        session = OnnxPredictor(export_onnx(self.backbone, tmp / "backbone.onnx", image_size))
-        return lambda x: torch.from_numpy(session(x))
+        return OnnxRunner(export_onnx(self.backbone, tmp / "backbone.onnx", image_size))
 
     def _compute(self, dataset: CountFolder, flipped: bool, device: torch.device, image_size: int) -> dict[str, Any]:
         backbone = self.backbone
