@@ -46,7 +46,7 @@ ROWS: dict[str, tuple[str, list[str]]] = {
                   "model.scheduler.factor=0.2"]),
     "dihedral": ("this recipe + vertical flips and 90-degree turns (data.dihedral)", ["experiment=abid_sample", "data.dihedral=true"]),
     "frozen": ("this recipe, frozen backbone (cached features)",
-               ["experiment=abid_sample", "model.net.freeze_backbone=true", "data.feature_cache=true"]),
+               ["experiment=abid_sample", "model.net.freeze_backbone=true", "data=features"]),
     "partial": ("this recipe, backbone frozen up to features.10 (the last 8 of 19 stages train)",
                 ["experiment=abid_sample", "model.net.freeze_backbone=true", "model.net.trainable_stages=8"]),
     "ema": ("this recipe + an exponential moving average of the weights (decay 0.997)",

@@ -231,41 +231,35 @@ def bench_frozen_sweep(args, results: dict, tmp: Path) -> None:
     """4-trial lr x batch-size sweep, 5 epochs each, frozen ResNet50, through train(cfg) end to end.
 
     Plain: every trial pays the backbone on every image of every epoch (and its test). Ours:
-    data.feature_cache=true, starting from an empty cache, so the one-off feature pass is counted.
+    data=features, starting from an empty cache, so the one-off feature pass is counted.
     Trials write no serving artifact (artifact_dir=null), as in a sweep: export the winner after.
     Without flip augmentation (default here) the cache costs one pass over train + val + test;
     with --sweep-hflip it also caches the flipped training images, which caps the speedup near
     trials x epochs / 2 = 10x.
     """
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
     from src.data.synthetic import make_imagefolder
     from src.training.pipeline import train
-
-    def compose_cfg(overrides: list[str]):
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-            return compose(config_name="train", overrides=overrides)
+    from src.utils.config import compose_config
 
     data = make_imagefolder(tmp / "sweep_data", {"train": args.sweep_train, "val": args.sweep_val,
                                                  "test": args.sweep_val}, image_size=160, seed=11)
     trials = [(lr, bs) for lr in (0.01, 0.001) for bs in (16, 32)]
     base = [
-        "data=synthetic", "data.generator=null", f"data.data_dir={data}", f"data.image_size={args.image_size}",
+        "data.generator=null", f"data.data_dir={data}", f"data.image_size={args.image_size}",
         "data.num_workers=0", "model=resnet50", "model.net.weights=null", "model.net.freeze_backbone=true",
         "trainer=cpu" if DEVICE == "cpu" else "trainer=gpu", f"trainer.max_epochs={args.sweep_epochs}",
         "logger=csv", "callbacks.progress_bar=null", "callbacks.early_stopping=null",
-        f"data.feature_cache_dir={tmp / 'feature_cache'}", f"data.hflip={str(args.sweep_hflip).lower()}",
+        f"data.hflip={str(args.sweep_hflip).lower()}",
         "artifact_dir=null",
     ]
     seconds, scores = {}, {}
-    for mode, cached in (("plain", "false"), ("ours", "true")):
+    options = {"plain": ["data=synthetic"], "ours": ["data=features", f"data.feature_cache_dir={tmp / 'feature_cache'}"]}
+    for mode, data_option in options.items():
         t = time.perf_counter()
         scores[mode] = []
         for i, (lr, bs) in enumerate(trials):
-            cfg = compose_cfg(base + [
-                f"data.feature_cache={cached}", f"model.optimizer.lr={lr}", f"data.batch_size={bs}",
+            cfg = compose_config("train", base + [
+                *data_option, f"model.optimizer.lr={lr}", f"data.batch_size={bs}",
                 f"paths.output_dir={tmp / f'sweep_{mode}_{i}'}",
             ])
             with contextlib.redirect_stdout(io.StringIO()):  # Lightning's per-trial tables
@@ -307,7 +301,6 @@ def main() -> dict:
 
     logging.basicConfig(level=logging.WARNING)
     warnings.filterwarnings("ignore")
-    os.environ.setdefault("PROJECT_ROOT", str(ROOT))
     started = time.perf_counter()
     results: dict = {"hardware": hardware()}
     peak = matmul_peak()

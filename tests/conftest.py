@@ -2,34 +2,22 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+import torch
 from omegaconf import DictConfig
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
-SHARED_ABID = ROOT.parent / "shared" / "abid"
+from tests.helpers import SHARED_ABID, TINY, compose_cfg
 
-os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
-# Tiny, fast defaults every training test starts from.
-TINY = [
-    "data=synthetic",
-    "data.generator=null",
-    "data.image_size=64",
-    "data.batch_size=16",
-    "data.num_workers=0",
-    "model=resnet18",
-    "model.net.weights=null",
-    "trainer=cpu",
-    "trainer.max_epochs=1",
-    "logger=csv",
-    "callbacks.progress_bar=null",
-]
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none on this machine); runs where one is present")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
@@ -41,23 +29,26 @@ def synthetic_dir(tmp_path_factory) -> Path:
     return make_imagefolder(root, {"train": 180, "val": 60, "test": 60}, image_size=64, seed=3)
 
 
-def compose_cfg(config_name: str = "train", overrides: list[str] | None = None) -> DictConfig:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
-        return compose(config_name=config_name, overrides=overrides or [])
-
-
 @pytest.fixture
 def tiny_cfg(synthetic_dir, tmp_path):
     """Compose the real train config, overridden to tiny sizes on the session's synthetic data."""
 
     def make(*extra: str) -> DictConfig:
-        return compose_cfg(
-            "train",
-            TINY + [f"data.data_dir={synthetic_dir}", f"paths.output_dir={tmp_path}", *extra],
-        )
+        data_option = any(e.startswith("data=") for e in extra)  # e.g. data=features replaces data=synthetic
+        base = [o for o in TINY if not (data_option and o.startswith("data="))]
+        return compose_cfg("train", base + [f"data.data_dir={synthetic_dir}", f"paths.output_dir={tmp_path}", *extra])
 
     return make
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Two cores shared by several jobs: torch's thread team stalls (10x slower) when its threads
+    are preempted, so these small models run single-threaded here."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

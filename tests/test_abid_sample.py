@@ -11,7 +11,7 @@ from PIL import Image
 from src.data.datamodule import BinDataModule
 from src.data.synthetic import make_bucket
 from src.training.pipeline import train
-from tests.conftest import compose_cfg
+from tests.helpers import compose_cfg
 
 
 @pytest.fixture

@@ -50,7 +50,7 @@ def test_torchvision_decode_equals_pil(tmp_path):
 
 
 def test_speed_configs_compose():
-    from tests.conftest import compose_cfg
+    from tests.helpers import compose_cfg
 
     gpu = compose_cfg("train", ["+speed=gpu"])
     assert (gpu.trainer.accelerator, gpu.trainer.precision, gpu.model.channels_last) == ("gpu", "bf16-mixed", True)

@@ -17,8 +17,9 @@ from src.evaluation.batch import FolderPredictions
 from src.evaluation.report import build_metrics, summary_table, write_report
 from src.evaluation.runner import evaluate
 from src.inference.artifact import export_artifact
-from tests.conftest import compose_cfg
-from tests.test_serving import IMAGE_SIZE, fake_checkpoint, one_torch_thread, tiny_net  # noqa: F401
+from tests.helpers import IMAGE_SIZE, compose_cfg, fake_checkpoint, tiny_net
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -124,20 +124,20 @@ def frozen_cfg(tiny_cfg, tiny_dir):
 
 def test_cached_training_equals_uncached(frozen_cfg, tmp_path):
     """Same seed, head init, batch order and flips: the same losses and metrics, up to float noise."""
-    cfg = frozen_cfg("data.feature_cache=false")
+    cfg = frozen_cfg()
     pl.seed_everything(cfg.seed)
     initial = instantiate(cfg.model).net.backbone.state_dict()
     plain, objects = train(cfg)
     # The frozen backbone stayed in eval mode through Lightning's fit: BatchNorm statistics never moved.
     after = objects["model"].net.backbone.state_dict()
     assert all(torch.equal(initial[k], after[k]) for k in initial)
-    cached, objects = train(frozen_cfg("data.feature_cache=true", f"data.feature_cache_dir={tmp_path}/fc"))
+    cached, objects = train(frozen_cfg("data=features", f"data.feature_cache_dir={tmp_path}/fc"))
     assert type(objects["datamodule"]).__name__ == "FeatureDataModule"
     assert len(list((tmp_path / "fc").glob("resnet18-*.pt"))) == 3  # train (with flips), val, test
     for name in ("train/loss", "val/loss", "test/loss", "train/acc", "val/acc", "test/acc", "test/rmse"):
         assert float(cached[name]) == pytest.approx(float(plain[name]), abs=1e-4), name
     # A second run trains from the cache alone.
-    again, objects = train(frozen_cfg("data.feature_cache=true", f"data.feature_cache_dir={tmp_path}/fc"))
+    again, objects = train(frozen_cfg("data=features", f"data.feature_cache_dir={tmp_path}/fc"))
     assert objects["datamodule"].cache.computed == 0
     assert float(again["val/loss"]) == pytest.approx(float(cached["val/loss"]), abs=1e-6)
 
@@ -146,9 +146,9 @@ def test_cached_training_equals_uncached(frozen_cfg, tmp_path):
                                       ["model.net.freeze_backbone=true", "model.net.trainable_stages=1"]])
 def test_cache_with_trainable_backbone_is_refused(frozen_cfg, override):
     with pytest.raises(ValueError, match="freeze_backbone=true and model.net.trainable_stages=0"):
-        train(frozen_cfg("data.feature_cache=true", *override))
+        train(frozen_cfg("data=features", *override))
 
 
 def test_cache_with_dihedral_augmentation_is_refused(frozen_cfg):
     with pytest.raises(ValueError, match="set data.dihedral=false"):
-        train(frozen_cfg("data.feature_cache=true", "data.dihedral=true"))
+        train(frozen_cfg("data=features", "data.dihedral=true"))

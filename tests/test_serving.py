@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import base64
-import io
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -32,55 +31,9 @@ from src.serving.handler import (
     output_fn,
     predict_fn,
 )
+from tests.helpers import IMAGE_SIZE, STANDALONE, b64, fake_checkpoint, image_bytes, tiny_net
 
-IMAGE_SIZE = 64
-
-
-# -- helpers shared with test_serving_parity / test_evaluate ------------------------------------
-def tiny_net(seed: int = 0, name: str = "resnet18") -> CountNet:
-    """Random weights with a sharpened head, so counts are decided by clear margins."""
-    torch.manual_seed(seed)
-    net = CountNet(name, weights=None, num_classes=6).eval()
-    with torch.no_grad():
-        net.head[-1].weight.mul_(30.0)
-    return net
-
-
-def image_bytes(seed: int, fmt: str = "JPEG", size: tuple[int, int] = (96, 80)) -> bytes:
-    rng = np.random.default_rng(seed)
-    array = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format=fmt)
-    return buf.getvalue()
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def fake_checkpoint(net: CountNet, path: Path, image_size: int = IMAGE_SIZE, rule: str = "argmax") -> Path:
-    """What train.py's ModelCheckpoint writes, reduced to the parts that matter here."""
-    state = {f"net.{k}": v for k, v in net.state_dict().items()}
-    state["criterion.weight"] = torch.ones(6)
-    torch.save(
-        {
-            "state_dict": state,
-            "hyper_parameters": {"decision_rule": rule, "channels_last": False},
-            "datamodule_hyper_parameters": {"image_size": image_size, "num_classes": 6},
-        },
-        path,
-    )
-    return path
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Two cores shared by several jobs: torch's thread team stalls (10x slower) when its threads
-    are preempted, so these small models run single-threaded here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -148,22 +101,6 @@ def test_load_artifact_refuses_other_preprocessing(artifact, tmp_path):
         load_artifact(copy)
     with pytest.raises(FileNotFoundError, match="export.py"):
         load_artifact(tmp_path)
-
-
-STANDALONE = r"""
-import json, sys
-code_dir, model_dir, image = sys.argv[1:4]
-sys.path[:] = [code_dir] + [p for p in sys.path if "site-packages" in p or "lib/python" in p]
-import inference
-assert inference.__file__.startswith(code_dir), inference.__file__
-import src
-assert src.__file__.startswith(code_dir), src.__file__
-model = inference.model_fn(model_dir)
-data = inference.input_fn(open(image, "rb").read(), "image/jpeg")
-body, ctype = inference.output_fn(inference.predict_fn(data, model), "application/json")
-heavy = [m for m in ("pytorch_lightning", "lightning", "hydra", "omegaconf") if m in sys.modules]
-print(json.dumps({"body": json.loads(body), "ctype": ctype, "heavy": heavy}))
-"""
 
 
 def test_tarball_handler_runs_with_only_its_code_dir(artifact, predictor, tmp_path):

@@ -20,7 +20,9 @@ from src.inference.artifact import export_artifact
 from src.inference.predictor import CountPredictor
 from src.serving.app import create_app
 from src.serving.handler import input_fn, model_fn, output_fn, predict_fn
-from tests.test_serving import IMAGE_SIZE, STANDALONE, fake_checkpoint, one_torch_thread, tiny_net  # noqa: F401
+from tests.helpers import IMAGE_SIZE, STANDALONE, fake_checkpoint, tiny_net
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

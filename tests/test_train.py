@@ -9,7 +9,7 @@ import torch
 from hydra.utils import instantiate
 
 from src.training.pipeline import train
-from tests.conftest import ROOT, TINY
+from tests.helpers import ROOT, TINY
 
 
 def run_train(args: list[str], cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -139,6 +139,42 @@ def test_optuna_sweep_two_trials(synthetic_dir, tmp_path):
     assert len(list(tmp_path.glob("*/metrics.json"))) == 2
     best = (tmp_path / "optimization_results.yaml").read_text()
     assert "best_params" in best and "model.optimizer.lr" in best
+
+
+def test_a_diverged_trial_does_not_abort_the_sweep(synthetic_dir, tmp_path):
+    """Two learning rates, one absurd: its trials fail, the others finish, the sweep exits 0. (TPE's seeded
+    random start-up draws both values within three trials.)"""
+    args = [a for a in TINY] + [
+        f"data.data_dir={synthetic_dir}", "debug=fdr", "hparams_search=optuna",
+        "hydra.sweeper.params=null", "model.optimizer.lr=choice(1e30,0.01)", "hydra.sweeper.n_trials=3",
+        f"hydra.sweep.dir={tmp_path}", "optimized_metric=val/acc", "-m",
+    ]
+    out = run_train(args)
+    assert out.returncode == 0, out.stderr[-3000:]
+    log = out.stdout + out.stderr
+    assert "Failed experiment" in log and "diverged" in log, log[-3000:]
+    finished = len(list(tmp_path.glob("*/metrics.json")))
+    assert 1 <= finished < 3  # only the sane trials finished
+    best = (tmp_path / "optimization_results.yaml").read_text()
+    assert "model.optimizer.lr: 0.01" in best
+
+
+def test_run_folder_keeps_config_tree_and_parameter_counts(tiny_cfg, tmp_path):
+    metrics, objects = train(tiny_cfg("debug=fdr", "model.net.freeze_backbone=true"))
+    tree = (tmp_path / "config_tree.log").read_text()
+    assert "model" in tree and "freeze_backbone: true" in tree and "resnet18" in tree
+    net = objects["model"].net
+    head = sum(p.numel() for p in net.head.parameters())
+    assert metrics["params/trainable"] == head  # a frozen backbone trains only the head
+    assert metrics["params/frozen"] == sum(p.numel() for p in net.backbone.parameters())
+
+
+def test_profiler_report_lands_in_the_run_folder(tiny_cfg, tmp_path):
+    train(tiny_cfg("debug=profiler", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
+                   "+trainer.limit_test_batches=1"))
+    reports = sorted(p.name for p in tmp_path.glob("*profiler*.txt"))
+    assert reports and "run_training_epoch" in (tmp_path / reports[0]).read_text() + "".join(
+        (tmp_path / r).read_text() for r in reports)
 
 
 def test_two_process_ddp_on_cpu_writes_one_set_of_outputs(synthetic_dir, tmp_path):

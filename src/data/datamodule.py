@@ -47,8 +47,7 @@ class BinDataModule(pl.LightningDataModule):
     ``subset`` keeps a stratified, seeded fraction of the *training* split (the card's
     ``data.subset=0.1``); validation and test stay whole so metrics remain comparable.
     ``weighted_sampler`` draws training images with probability inverse to their class frequency.
-    ``feature_cache`` makes the training pipeline use ``FeatureDataModule`` (cached frozen-backbone
-    features, stored under ``feature_cache_dir``) instead of this class.
+    ``data=features`` selects its subclass ``FeatureDataModule`` (cached frozen-backbone features).
     ``prepare`` (settings of ``src.data.prepare.prepare`` minus ``output``) prepares raw ABID into
     ``data_dir`` first when it holds no finished preparation (no ``manifest.json``).
     """
@@ -70,8 +69,6 @@ class BinDataModule(pl.LightningDataModule):
         drop_last: bool = False,
         seed: int = 42,
         generator: dict | None = None,
-        feature_cache: bool = False,
-        feature_cache_dir: str | None = None,
         prepare: dict | None = None,
     ):
         super().__init__()

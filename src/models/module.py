@@ -83,7 +83,7 @@ class BinCounter(pl.LightningModule):
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         x, y = batch
-        if x.ndim == 2:  # cached backbone features (data.feature_cache): only the head runs
+        if x.ndim == 2:  # cached backbone features (data=features): only the head runs
             logits = self.net.head(x)
         else:
             if self.hparams.channels_last:

@@ -40,8 +40,8 @@ log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 FROZEN_HINT = (
-    "data.feature_cache=true caches the features of a fully frozen backbone; set "
-    "model.net.freeze_backbone=true and model.net.trainable_stages=0, or set data.feature_cache=false"
+    "data=features caches the features of a fully frozen backbone; set "
+    "model.net.freeze_backbone=true and model.net.trainable_stages=0, or train on images (data=abid)"
 )
 
 
@@ -241,13 +241,14 @@ class FeatureCache:
 class FeatureDataModule(BinDataModule):
     """BinDataModule whose batches are cached backbone features instead of images.
 
-    Same splits, subset, sampler, batch sizes and flip augmentation as the image datamodule; the
-    training pipeline picks it when ``data.feature_cache=true`` and hands it the model's network
-    with :meth:`attach`. Loaders run in the main process.
+    Same splits, subset, sampler, batch sizes and flip augmentation as the image datamodule
+    (``data=features``); the training pipeline hands it the model's network with :meth:`attach`.
+    Loaders run in the main process.
     """
 
     def __init__(self, *args, feature_cache_dir: str | None = None, cache_batch_size: int = 64, **kwargs):
-        super().__init__(*args, feature_cache_dir=feature_cache_dir, **kwargs)
+        super().__init__(*args, **kwargs)
+        self.feature_cache_dir = feature_cache_dir
         self.cache_batch_size = cache_batch_size
         self.cache: FeatureCache | None = None
 
@@ -257,14 +258,14 @@ class FeatureDataModule(BinDataModule):
         ``name`` (e.g. ``resnet50``) names the cache files; the weights hash tells nets apart anyway.
         """
         if self.hparams.dihedral:
-            raise ValueError("data.feature_cache=true caches plain and horizontally flipped features only; "
-                             "set data.dihedral=false, or data.feature_cache=false to augment images on the fly")
+            raise ValueError("data=features caches plain and horizontally flipped features only; "
+                             "set data.dihedral=false, or train on images (data=abid) to augment them on the fly")
         if not getattr(net, "fully_frozen", False):
             raise ValueError(
                 f"{FROZEN_HINT} (got freeze_backbone={getattr(net, 'freeze_backbone', None)}, "
                 f"trainable_stages={getattr(net, 'trainable_stages', None)})"
             )
-        root = self.hparams.feature_cache_dir or (self.data_dir / ".feature_cache")
+        root = self.feature_cache_dir or (self.data_dir / ".feature_cache")
         name = name or type(net.backbone).__name__.lower()
         self.cache = FeatureCache(root, net.backbone, name, batch_size=self.cache_batch_size,
                                   num_workers=self.hparams.num_workers)

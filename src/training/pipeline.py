@@ -9,39 +9,34 @@ from typing import Any
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_only
 
-from src.training.health import TrainingHealth
-from src.utils.config import instantiate_group, write_metrics
+from src.utils.config import instantiate_group, log_config_tree, parameter_counts, write_metrics
 
 log = logging.getLogger(__name__)
-
-
-def feature_datamodule(cfg: DictConfig, model: pl.LightningModule) -> pl.LightningDataModule:
-    """The datamodule of cached frozen-backbone features (``data.feature_cache=true``)."""
-    from src.training.feature_cache import FeatureDataModule
-
-    datamodule = instantiate(cfg.data, _target_=f"{FeatureDataModule.__module__}.{FeatureDataModule.__name__}")
-    datamodule.attach(model.net, name=cfg.model.net.get("name"))  # raises unless fully frozen
-    return datamodule
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit, test the best checkpoint, write ``metrics.json``. Returns (metrics, objects)."""
     pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
+    if cfg.get("print_config", True) and rank_zero_only.rank == 0:
+        log_config_tree(cfg, output_dir)
 
     model: pl.LightningModule = instantiate(cfg.model)
-    datamodule: pl.LightningDataModule = (
-        feature_datamodule(cfg, model) if cfg.data.get("feature_cache") else instantiate(cfg.data)
-    )
+    datamodule: pl.LightningDataModule = instantiate(cfg.data)
+    if hasattr(datamodule, "attach"):  # data=features: the datamodule runs the model's frozen backbone
+        datamodule.attach(model.net, name=cfg.model.net.get("name"))
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
+    params = parameter_counts(model.net)
+    log.info("Parameters: %s trainable, %s frozen", f"{params['params/trainable']:,}", f"{params['params/frozen']:,}")
     for lg in loggers:
-        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        lg.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), **params})
 
-    metrics: dict[str, Any] = {}
+    metrics: dict[str, Any] = dict(params)
     if cfg.get("train", True):
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         metrics.update(trainer.callback_metrics)
@@ -51,24 +46,14 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         if not best:
             log.warning("No best checkpoint saved: testing the current weights")
         # ckpt_path=None tests the weights in memory (fast_dev_run, or no checkpoint callback).
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None)  # loads best into model
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
         metrics.update(trainer.callback_metrics)
         if best:
             metrics["best_ckpt"] = best
 
-    for cb in callbacks:
-        if isinstance(cb, TrainingHealth):
+    for cb in callbacks:  # callbacks with something to report (training health, the exported artifact)
+        if hasattr(cb, "summary"):
             metrics.update(cb.summary())
-    artifact_dir = cfg.get("artifact_dir")
-    if artifact_dir and trainer.is_global_zero:
-        from src.inference.artifact import export_artifact
-        from src.inference.checkpoint import load_net_weights
-
-        if best and not cfg.get("test", True):  # trainer.test already loaded the best weights
-            load_net_weights(model.net, best)  # the best epoch, not the last
-        path = export_artifact(model.net, cfg.data.image_size, model.hparams.decision_rule, artifact_dir)
-        metrics["artifact_dir"] = str(path)
-        log.info("Model artifact written to %s", path)
     if trainer.is_global_zero:
         path = write_metrics(metrics, output_dir / "metrics.json")
         log.info("Metrics written to %s", path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -11,9 +12,58 @@ from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from src import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
+CONFIG_DIR = PROJECT_ROOT / "configs"
+
+
+def compose_config(config_name: str = "train", overrides: list[str] | None = None) -> DictConfig:
+    """Compose a config of ``configs/`` outside ``@hydra.main`` (tests, the SageMaker entry, benchmarks)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        return compose(config_name=config_name, overrides=list(overrides or []))
+
+
+def config_tree(cfg: DictConfig, order: tuple[str, ...] = ("data", "model", "callbacks", "logger", "trainer",
+                                                          "paths")) -> str:
+    """The resolved config as a rich tree (top-level groups first), rendered to plain text."""
+    from rich.console import Console
+    from rich.syntax import Syntax
+    from rich.tree import Tree
+
+    tree = Tree("config", guide_style="dim")
+    keys = [k for k in order if k in cfg] + [k for k in cfg if k not in order and k != "hydra"]
+    for key in keys:
+        value = cfg[key]
+        text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
+        tree.add(str(key)).add(Syntax(text.rstrip(), "yaml", theme="ansi_dark", background_color="default"))
+    console = Console(record=True, width=110, color_system=None, file=io.StringIO())
+    console.print(tree)
+    return console.export_text()
+
+
+def log_config_tree(cfg: DictConfig, output_dir: str | Path | None) -> str:
+    """Print the resolved config as a tree and save it as ``config_tree.log`` in the run folder."""
+    text = config_tree(cfg)
+    print(text, flush=True)
+    if output_dir:
+        path = Path(output_dir) / "config_tree.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return text
+
+
+def parameter_counts(module: torch.nn.Module) -> dict[str, int]:
+    """Trainable and frozen parameter counts (they matter with freeze_backbone / trainable_stages)."""
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in module.parameters())
+    return {"params/trainable": trainable, "params/frozen": total - trainable, "params/total": total}
 
 
 def instantiate_group(group: DictConfig | None) -> list[Any]:

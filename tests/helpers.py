@@ -1,0 +1,97 @@
+"""Helpers the serving, parity, evaluation and hostile-input tests share (fixtures live in conftest)."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from src.models.backbones import CountNet
+from src.utils.config import compose_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+SHARED_ABID = ROOT.parent / "shared" / "abid"
+
+
+# Tiny, fast defaults every training test starts from.
+TINY = [
+    "data=synthetic",
+    "data.generator=null",
+    "data.image_size=64",
+    "data.batch_size=16",
+    "data.num_workers=0",
+    "model=resnet18",
+    "model.net.weights=null",
+    "trainer=cpu",
+    "trainer.max_epochs=1",
+    "logger=csv",
+    "callbacks.progress_bar=null",
+]
+
+
+def compose_cfg(config_name: str = "train", overrides: list[str] | None = None):
+    """A config of configs/ composed with Hydra's compose API (no run folder)."""
+    return compose_config(config_name, overrides)
+
+
+IMAGE_SIZE = 64
+
+
+def tiny_net(seed: int = 0, name: str = "resnet18") -> CountNet:
+    """Random weights with a sharpened head, so counts are decided by clear margins."""
+    torch.manual_seed(seed)
+    net = CountNet(name, weights=None, num_classes=6).eval()
+    with torch.no_grad():
+        net.head[-1].weight.mul_(30.0)
+    return net
+
+
+def image_bytes(seed: int, fmt: str = "JPEG", size: tuple[int, int] = (96, 80)) -> bytes:
+    rng = np.random.default_rng(seed)
+    array = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def fake_checkpoint(net: CountNet, path: Path, image_size: int = IMAGE_SIZE, rule: str = "argmax") -> Path:
+    """What train.py's ModelCheckpoint writes, reduced to the parts that matter here."""
+    state = {f"net.{k}": v for k, v in net.state_dict().items()}
+    state["criterion.weight"] = torch.ones(6)
+    torch.save(
+        {
+            "state_dict": state,
+            "hyper_parameters": {"decision_rule": rule, "channels_last": False},
+            "datamodule_hyper_parameters": {"image_size": image_size, "num_classes": 6},
+        },
+        path,
+    )
+    return path
+
+
+
+# Run inside a fresh interpreter whose sys.path holds only code/ and site-packages, as the SageMaker
+# PyTorch inference container does: argv = code_dir, model_dir, image.
+STANDALONE = r"""
+import json, sys
+code_dir, model_dir, image = sys.argv[1:4]
+sys.path[:] = [code_dir] + [p for p in sys.path if "site-packages" in p or "lib/python" in p]
+import inference
+assert inference.__file__.startswith(code_dir), inference.__file__
+import src
+assert src.__file__.startswith(code_dir), src.__file__
+model = inference.model_fn(model_dir)
+data = inference.input_fn(open(image, "rb").read(), "image/jpeg")
+body, ctype = inference.output_fn(inference.predict_fn(data, model), "application/json")
+heavy = [m for m in ("pytorch_lightning", "lightning", "hydra", "omegaconf") if m in sys.modules]
+print(json.dumps({"body": json.loads(body), "ctype": ctype, "heavy": heavy}))
+"""

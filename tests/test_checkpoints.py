@@ -1,0 +1,69 @@
+"""Checkpoints name their network; checkpoints and artifacts written before that still load and count alike."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from src.inference import checkpoint as ckpt_module
+from src.inference.artifact import export_artifact, load_artifact
+from src.inference.checkpoint import NET_SPEC_KEY, load_checkpoint
+from src.inference.loading import load_predictor
+from tests.helpers import IMAGE_SIZE, fake_checkpoint, tiny_net
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def new_format(net, path):
+    """A checkpoint as BinCounter.on_save_checkpoint writes it today: the legacy one plus the net spec."""
+    legacy = torch.load(fake_checkpoint(net, path), weights_only=True)
+    legacy[NET_SPEC_KEY] = net.spec
+    torch.save(legacy, path)
+    return path
+
+
+def test_a_checkpoint_names_its_network_and_is_never_guessed(tmp_path, monkeypatch):
+    net = tiny_net(3, name="resnet18")
+    path = new_format(net, tmp_path / "new.ckpt")
+
+    def guess(_state):
+        raise AssertionError("the backbone was guessed from weight shapes")
+
+    monkeypatch.setattr(ckpt_module, "infer_backbone", guess)
+    loaded = load_checkpoint(path)
+    assert loaded.net.spec == net.spec == {"name": "resnet18", "num_classes": 6, "dropout": 0.0}
+
+
+def test_module_saves_the_net_spec(tiny_cfg):
+    from hydra.utils import instantiate
+
+    model = instantiate(tiny_cfg().model)
+    checkpoint: dict = {}
+    model.on_save_checkpoint(checkpoint)
+    assert checkpoint[NET_SPEC_KEY] == model.net.spec and model.net.spec["name"] == "resnet18"
+
+
+def test_old_checkpoint_still_loads_by_its_shapes_and_counts_alike(tmp_path):
+    """The pre-spec format (what fake_checkpoint writes: no net_spec) against today's format."""
+    net = tiny_net(4)
+    old, _ = load_predictor(ckpt_path=fake_checkpoint(net, tmp_path / "old.ckpt"))
+    new, _ = load_predictor(ckpt_path=new_format(net, tmp_path / "new.ckpt"))
+    assert old.config["net"] == new.config["net"]
+    x = torch.randn(6, 3, IMAGE_SIZE, IMAGE_SIZE)
+    p_old, p_new = old.probabilities(x), new.probabilities(x)
+    assert torch.equal(p_old.argmax(-1), p_new.argmax(-1)) and torch.allclose(p_old, p_new, atol=1e-6)
+
+
+def test_old_artifact_without_weights_hash_still_loads(tmp_path):
+    net = tiny_net(5)
+    model_dir = export_artifact(net, IMAGE_SIZE, "argmax", tmp_path / "model", tarball=False)
+    old = shutil.copytree(model_dir, tmp_path / "old_model")
+    config = json.loads((old / "model_config.json").read_text())
+    del config["weights_sha256"]  # artifacts written before the hash was recorded
+    (old / "model_config.json").write_text(json.dumps(config))
+    x = torch.randn(3, 3, IMAGE_SIZE, IMAGE_SIZE)
+    with torch.no_grad():
+        assert torch.equal(load_artifact(old)[0](x), load_artifact(model_dir)[0](x))
