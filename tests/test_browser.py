@@ -1,0 +1,195 @@
+"""What a person sees, in a real headless Chromium: the page of a live serve.py and report.html.
+
+Needs Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them) and selenium;
+skips, saying so, only where no browser can be found. Screenshots go to ``<tmp>/screenshots``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import HTML_NAME, ROOT, SHARED_ABID
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+DRIVERS = ("chromedriver", "/usr/lib/chromium/chromedriver")
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1200,900")
+
+
+def _find(candidates: tuple[str, ...]) -> str | None:
+    return next((found for c in candidates if (found := shutil.which(c))), None)
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("screenshots")
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    binary, driver_path = _find(BROWSERS), _find(DRIVERS)
+    if not binary or not driver_path:
+        pytest.skip("no Chromium and chromedriver found: `apt-get install -y chromium chromium-driver` (.ci/run does)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed: pip install -r requirements-dev.txt")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in (*FLAGS, f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, tmp_path_factory):
+    """A live `python serve.py` on 127.0.0.1, as a user starts it."""
+    port = _free_port()
+    run_dir = tmp_path_factory.mktemp("serve")
+    cmd = [sys.executable, "serve.py", f"model_dir={tiny_model_dir}", f"port={port}", "host=127.0.0.1",
+           "log_level=warning", "torch_threads=1", f"hydra.run.dir={run_dir}"]
+    log_file = open(run_dir / "serve.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"serve.py exited with {proc.returncode}: {(run_dir / 'serve.log').read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/ping", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("serve.py did not answer /ping within 180 s")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log_file.close()
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory, synthetic_dir) -> Path:
+    """A real JPEG: an ABID bin photo where the team's sample is present, else a synthetic bin."""
+    source = sorted((synthetic_dir / "test" / "2").iterdir())[0]
+    if (SHARED_ABID / "index.csv").is_file():  # the first full-resolution photo of a bin with 3 items
+        with open(SHARED_ABID / "index.csv", newline="") as f:
+            rows = (r for r in csv.DictReader(f) if r["resized_224"] == "0" and r["expected_quantity"] == "3")
+            source = SHARED_ABID / "bin-images" / f"{next(rows)['name']}.jpg"
+    return Path(shutil.copy(source, tmp_path_factory.mktemp("upload") / "bin.jpg"))
+
+
+def _upload(browser, server: str, *paths: Path) -> list:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server + "/")
+    browser.find_element(By.ID, "files").send_keys("\n".join(str(p) for p in paths))
+    WebDriverWait(browser, 60).until(
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, ".card[data-state]")) == len(paths))
+    return browser.find_elements(By.CSS_SELECTOR, ".card")
+
+
+def _no_alert(browser) -> bool:
+    from selenium.common.exceptions import NoAlertPresentException
+
+    try:
+        text = browser.switch_to.alert.text
+    except NoAlertPresentException:
+        return True
+    raise AssertionError(f"the page ran an injected script: alert({text!r})")
+
+
+def test_page_shows_count_bars_and_the_servers_415(browser, server, photo, tmp_path, screenshots):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("not a photo")
+    jpeg_card, text_card = _upload(browser, server, photo, text_file)
+
+    answer = httpx.post(f"{server}/invocations", content=photo.read_bytes(),
+                        headers={"Content-Type": "image/jpeg"}).json()["predictions"][0]
+    assert jpeg_card.get_attribute("data-state") == "done"
+    assert jpeg_card.find_element(By.CSS_SELECTOR, ".count").text.split()[0] == str(answer["count"])
+    assert jpeg_card.find_element(By.CSS_SELECTOR, ".confidence").text == f"confidence {100 * answer['confidence']:.1f} %"
+    bars = jpeg_card.find_elements(By.CSS_SELECTOR, ".bar")
+    assert len(bars) == 6
+    widths = [b.size["width"] for b in bars]
+    assert widths.index(max(widths)) == answer["count"] and max(widths) > 0
+    assert "chosen" in bars[answer["count"]].get_attribute("class")
+    assert jpeg_card.find_element(By.CSS_SELECTOR, ".photo").get_property("naturalWidth") > 0
+
+    refused = httpx.post(f"{server}/invocations", content=b"not a photo", headers={"Content-Type": "text/plain"})
+    assert refused.status_code == 415
+    assert text_card.get_attribute("data-state") == "error"
+    assert text_card.find_element(By.CSS_SELECTOR, ".error").text == f"415: {refused.json()['error']}"
+    assert not text_card.find_elements(By.CSS_SELECTOR, ".bar")
+
+    # An expected quantity typed next to the photo: the card is counted again and checked against it.
+    quantity = jpeg_card.find_element(By.CSS_SELECTOR, ".expected input")
+    quantity.send_keys("2", Keys.TAB)
+    WebDriverWait(browser, 30).until(lambda d: "p(2) = " in jpeg_card.find_element(By.CSS_SELECTOR, ".answer").text)
+    assert f"p(2) = {100 * answer['probabilities'][2]:.1f} %" in jpeg_card.text
+    browser.save_screenshot(str(screenshots / "page.png"))
+    assert (screenshots / "page.png").stat().st_size > 0
+
+
+def test_page_shows_a_file_named_like_html_as_text(browser, server, photo, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    evil = Path(shutil.copy(photo, tmp_path / HTML_NAME))
+    (card,) = _upload(browser, server, evil)
+    assert card.find_element(By.CSS_SELECTOR, ".name").text == HTML_NAME
+    assert card.get_attribute("data-state") == "done"
+    assert not browser.find_elements(By.CSS_SELECTOR, 'img[src="x"]')
+    assert _no_alert(browser)
+
+
+def test_report_opens_from_disk_with_metrics_and_gallery(browser, tiny_model_dir, eval_folder_with_html_name,
+                                                         tmp_path, screenshots):
+    from selenium.webdriver.common.by import By
+
+    from src.evaluation.runner import evaluate
+
+    evaluate(eval_folder_with_html_name, tmp_path, model_dir=tiny_model_dir, print_table=False, num_workers=0)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    wrong = sum(1 for row in (tmp_path / "predictions.csv").read_text().splitlines()[1:]
+                if row.rsplit(",", 9)[1] != row.rsplit(",", 9)[2])
+
+    browser.get((tmp_path / "report.html").as_uri())
+    assert browser.find_element(By.ID, "headline-acc").text == f"{100 * metrics['acc']:.1f} %"
+    assert browser.find_element(By.ID, "headline-rmse").text == f"{metrics['rmse']:.3f}"
+    thumbnails = browser.find_elements(By.CSS_SELECTOR, "#gallery img")
+    assert 0 < len(thumbnails) == min(wrong, 24)
+    assert all(img.get_property("naturalWidth") > 0 for img in thumbnails)
+    names = [n.text for n in browser.find_elements(By.CSS_SELECTOR, "#gallery .name")]
+    assert len(names) == len(thumbnails)
+    cm_cells = browser.find_elements(By.CSS_SELECTOR, "#confusion td")
+    assert [int(c.text) for c in cm_cells] == [v for row in metrics["confusion_matrix"] for v in row]
+    assert not browser.find_elements(By.CSS_SELECTOR, 'img[src="x"]') and _no_alert(browser)
+    browser.set_window_size(1200, min(browser.execute_script("return document.body.scrollHeight") + 40, 6000))
+    browser.save_screenshot(str(screenshots / "report.png"))
+    assert (screenshots / "report.png").stat().st_size > 0
