@@ -24,7 +24,8 @@ from tests.conftest import HTML_NAME, ROOT, SHARED_ABID
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 DRIVERS = ("chromedriver", "/usr/lib/chromium/chromedriver")
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1200,900")
+         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+         "--window-size=1200,900")
 
 
 def _find(candidates: tuple[str, ...]) -> str | None:
@@ -166,6 +167,54 @@ def test_page_shows_a_file_named_like_html_as_text(browser, server, photo, tmp_p
     assert card.get_attribute("data-state") == "done"
     assert not browser.find_elements(By.CSS_SELECTOR, 'img[src="x"]')
     assert _no_alert(browser)
+
+
+class ContractPredictor:
+    """Answers with every field of the shared response contract (overflow, review, verdict), as a
+    model with the overflow class and a review threshold does, whatever the photo."""
+
+    backend = "fake"
+
+    def predict(self, images, ids=None, expected=None):
+        return [{"count": None, "label": ">5", "overflow": True, "confidence": 0.7,
+                 "probabilities": [0.01, 0.02, 0.03, 0.04, 0.1, 0.1, 0.7], "review": True,
+                 "expected_quantity": 4, "p_expected": 0.1, "verdict": "mismatch"} for _ in images]
+
+
+def test_page_and_its_files_are_served_and_need_no_network():
+    """Runs without a browser too: the page, its script and style come from the app itself."""
+    import re
+
+    from fastapi.testclient import TestClient
+
+    from src.serving.app import create_app
+
+    client = TestClient(create_app(ContractPredictor()))
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert sorted(assets) == ["static/app.js", "static/style.css"]
+    for asset in assets:
+        body = client.get("/" + asset)
+        assert body.status_code == 200 and body.text
+        assert "http" not in body.text and "innerHTML" not in body.text
+
+
+def test_page_renders_overflow_review_and_verdict(browser, photo):
+    from selenium.webdriver.common.by import By
+
+    from src.serving.app import create_app, serve_in_background
+
+    with serve_in_background(create_app(ContractPredictor())) as url:
+        (card,) = _upload(browser, url, photo)
+        assert card.find_element(By.CSS_SELECTOR, ".count").text == ">5 more than the model counts"
+        assert card.find_element(By.CSS_SELECTOR, ".badge.review").text == "review"
+        assert card.find_element(By.CSS_SELECTOR, ".badge.mismatch").text == "mismatch"
+        assert "p(4) = 10.0 %" in card.find_element(By.CSS_SELECTOR, ".flags").text
+        labels = [s.text for s in card.find_elements(By.CSS_SELECTOR, ".bars > span")][::2]
+        assert labels == ["0", "1", "2", "3", "4", "5", ">5"]
+        bars = card.find_elements(By.CSS_SELECTOR, ".bar")
+        assert [i for i, b in enumerate(bars) if "chosen" in b.get_attribute("class")] == [6]
 
 
 def test_report_opens_from_disk_with_metrics_and_gallery(browser, tiny_model_dir, eval_folder_with_html_name,
