@@ -94,3 +94,13 @@ def eval_folder_with_html_name(synthetic_dir, tmp_path_factory) -> Path:
     folder = Path(shutil.copytree(synthetic_dir / "test", tmp_path_factory.mktemp("html_name") / "test"))
     shutil.copy(sorted((folder / "3").iterdir())[0], folder / "3" / HTML_NAME)
     return folder
+
+
+@pytest.fixture(scope="session")
+def html_name_evaluation(tiny_model_dir, eval_folder_with_html_name, tmp_path_factory) -> Path:
+    """evaluate() of the tiny model on that folder, once: the run folder with report.html."""
+    from src.evaluation.runner import evaluate
+
+    out = tmp_path_factory.mktemp("evaluation")
+    evaluate(eval_folder_with_html_name, out, model_dir=tiny_model_dir, print_table=False, num_workers=0)
+    return out

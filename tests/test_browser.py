@@ -217,18 +217,31 @@ def test_page_renders_overflow_review_and_verdict(browser, photo):
         assert [i for i, b in enumerate(bars) if "chosen" in b.get_attribute("class")] == [6]
 
 
-def test_report_opens_from_disk_with_metrics_and_gallery(browser, tiny_model_dir, eval_folder_with_html_name,
-                                                         tmp_path, screenshots):
+def test_page_shows_the_servers_413_and_400(browser, photo, tmp_path):
     from selenium.webdriver.common.by import By
 
-    from src.evaluation.runner import evaluate
+    from src.serving.app import create_app, serve_in_background
 
-    evaluate(eval_folder_with_html_name, tmp_path, model_dir=tiny_model_dir, print_table=False, num_workers=0)
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    wrong = sum(1 for row in (tmp_path / "predictions.csv").read_text().splitlines()[1:]
-                if row.rsplit(",", 9)[1] != row.rsplit(",", 9)[2])
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(photo.read_bytes()[:200])  # a JPEG header, then nothing
+    limit = photo.stat().st_size - 1
+    with serve_in_background(create_app(ContractPredictor(), max_body_bytes=limit)) as url:
+        cards = _upload(browser, url, photo, broken)
+        for card, path, status in zip(cards, (photo, broken), (413, 400), strict=True):
+            answer = httpx.post(f"{url}/invocations", content=path.read_bytes(), headers={"Content-Type": "image/jpeg"})
+            assert answer.status_code == status
+            assert card.find_element(By.CSS_SELECTOR, ".error").text == f"{status}: {answer.json()['error']}"
 
-    browser.get((tmp_path / "report.html").as_uri())
+
+def test_report_opens_from_disk_with_metrics_and_gallery(browser, html_name_evaluation, screenshots):
+    from selenium.webdriver.common.by import By
+
+    out = html_name_evaluation
+    metrics = json.loads((out / "metrics.json").read_text())
+    with open(out / "predictions.csv", newline="") as f:
+        wrong = sum(r["true_count"] != r["pred_count"] for r in csv.DictReader(f))
+
+    browser.get((out / "report.html").as_uri())
     assert browser.find_element(By.ID, "headline-acc").text == f"{100 * metrics['acc']:.1f} %"
     assert browser.find_element(By.ID, "headline-rmse").text == f"{metrics['rmse']:.3f}"
     thumbnails = browser.find_elements(By.CSS_SELECTOR, "#gallery img")
@@ -239,6 +252,7 @@ def test_report_opens_from_disk_with_metrics_and_gallery(browser, tiny_model_dir
     cm_cells = browser.find_elements(By.CSS_SELECTOR, "#confusion td")
     assert [int(c.text) for c in cm_cells] == [v for row in metrics["confusion_matrix"] for v in row]
     assert not browser.find_elements(By.CSS_SELECTOR, 'img[src="x"]') and _no_alert(browser)
-    browser.set_window_size(1200, min(browser.execute_script("return document.body.scrollHeight") + 40, 6000))
+    chrome = browser.execute_script("return window.outerHeight - window.innerHeight")
+    browser.set_window_size(1200, min(browser.execute_script("return document.documentElement.scrollHeight") + chrome, 6000))
     browser.save_screenshot(str(screenshots / "report.png"))
     assert (screenshots / "report.png").stat().st_size > 0

@@ -14,7 +14,6 @@ from PIL import Image
 from src.evaluation.batch import FolderPredictions
 from src.evaluation.html_report import worst_mistakes, write_html_report
 from src.evaluation.report import write_report
-from src.evaluation.runner import evaluate
 from tests.conftest import HTML_NAME
 
 
@@ -64,13 +63,12 @@ def test_report_escapes_file_names_and_embeds_everything(tmp_path):
     assert re.search(r'id="headline-acc">33\.3 %<', html)
 
 
-def test_evaluate_writes_report_beside_metrics(tiny_model_dir, eval_folder_with_html_name, tmp_path):
-    metrics = evaluate(eval_folder_with_html_name, tmp_path, model_dir=tiny_model_dir, print_table=False, num_workers=0)
-    html = (tmp_path / "report.html").read_text()
-    saved = json.loads((tmp_path / "metrics.json").read_text())
-    assert saved["acc"] == metrics["acc"]
+def test_evaluate_writes_report_beside_metrics(html_name_evaluation):
+    out = html_name_evaluation
+    html = (out / "report.html").read_text()
+    saved = json.loads((out / "metrics.json").read_text())
     assert f'id="headline-acc">{100 * saved["acc"]:.1f} %<' in html
-    with open(tmp_path / "predictions.csv") as f:
+    with open(out / "predictions.csv") as f:
         wrong = sum(r["true_count"] != r["pred_count"] for r in csv.DictReader(f))
     assert wrong > 0
     assert html.count('src="data:image/jpeg;base64,') == min(wrong, 24)
