@@ -200,6 +200,13 @@ def test_page_and_its_files_are_served_and_need_no_network():
         assert "http" not in body.text and "innerHTML" not in body.text
 
 
+def test_the_endpoint_artifact_does_not_carry_the_page(tiny_model_dir):
+    """The page is served by serve.py only; the SageMaker container's code/ stays the inference core."""
+    code = tiny_model_dir / "code"
+    assert (code / "src" / "serving" / "handler.py").is_file()
+    assert not (code / "src" / "serving" / "app.py").exists() and not list(code.rglob("static"))
+
+
 def test_page_renders_overflow_review_and_verdict(browser, photo):
     from selenium.webdriver.common.by import By
 
