@@ -224,6 +224,29 @@ def test_page_renders_overflow_review_and_verdict(browser, photo):
         assert [i for i, b in enumerate(bars) if "chosen" in b.get_attribute("class")] == [6]
 
 
+def test_dropping_a_photo_on_the_page_counts_it(browser, server, photo):
+    import base64
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server + "/")
+    # What a drag from the file manager delivers: a drop event whose DataTransfer holds the file.
+    browser.execute_script("""
+        const bytes = Uint8Array.from(atob(arguments[0]), c => c.charCodeAt(0));
+        const data = new DataTransfer();
+        data.items.add(new File([bytes], "dropped.jpg", {type: "image/jpeg"}));
+        document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: data, bubbles: true}));
+    """, base64.b64encode(photo.read_bytes()).decode())
+    WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".card[data-state]"))
+    (card,) = browser.find_elements(By.CSS_SELECTOR, ".card")
+    answer = httpx.post(f"{server}/invocations", content=photo.read_bytes(),
+                        headers={"Content-Type": "image/jpeg"}).json()["predictions"][0]
+    assert card.get_attribute("data-state") == "done"
+    assert card.find_element(By.CSS_SELECTOR, ".name").text == "dropped.jpg"
+    assert card.find_element(By.CSS_SELECTOR, ".count").text.split()[0] == str(answer["count"])
+
+
 def test_page_shows_the_servers_413_and_400(browser, photo, tmp_path):
     from selenium.webdriver.common.by import By
 
