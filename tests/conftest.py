@@ -56,3 +56,42 @@ def shared_abid() -> Path:
     if not (SHARED_ABID / "metadata").is_dir():
         pytest.skip(f"real ABID sample not found at {SHARED_ABID} (only present on the team's machines)")
     return SHARED_ABID
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A model artifact of a random ResNet18 at 64 px whose sharpened head decides by clear margins."""
+    import torch
+
+    from src.inference.artifact import export_artifact
+    from src.models.backbones import CountNet
+
+    torch.manual_seed(0)
+    net = CountNet("resnet18", weights=None, num_classes=6).eval()
+    with torch.no_grad():
+        net.head[-1].weight.mul_(30.0)
+    return export_artifact(net, 64, "argmax", tmp_path_factory.mktemp("tiny_model") / "model")
+
+
+# A file name that is also HTML: pages must show it as text (no <img> element, no alert).
+HTML_NAME = "<img src=x onerror=alert(1)>.jpg"
+
+
+@pytest.fixture(scope="session")
+def eval_folder_with_html_name(synthetic_dir, tmp_path_factory) -> Path:
+    """The synthetic test split (60 images) plus one image named like an HTML tag."""
+    import shutil
+
+    folder = Path(shutil.copytree(synthetic_dir / "test", tmp_path_factory.mktemp("html_name") / "test"))
+    shutil.copy(sorted((folder / "3").iterdir())[0], folder / "3" / HTML_NAME)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def html_name_evaluation(tiny_model_dir, eval_folder_with_html_name, tmp_path_factory) -> Path:
+    """evaluate() of the tiny model on that folder, once: the run folder with report.html."""
+    from src.evaluation.runner import evaluate
+
+    out = tmp_path_factory.mktemp("evaluation")
+    evaluate(eval_folder_with_html_name, out, model_dir=tiny_model_dir, print_table=False, num_workers=0)
+    return out

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from src.evaluation.batch import predict_folder
+from src.evaluation.html_report import write_html_report
 from src.evaluation.report import summary_table, write_report
 from src.inference.loading import load_predictor
 
@@ -49,6 +50,7 @@ def evaluate(
         "images_per_s": len(pred.names) / seconds if seconds else None,
     }
     metrics = write_report(pred, output_dir, num_classes, extra)
+    write_html_report(pred, metrics, eval_dir, output_dir)
     table = summary_table(metrics)
     if print_table:
         print(table)

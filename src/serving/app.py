@@ -14,10 +14,12 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -33,6 +35,8 @@ from src.serving.handler import (
 )
 
 log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"  # the page at `/`: plain HTML/JS/CSS, no CDN, no build step
 
 
 def error_response(status: int, detail: str) -> JSONResponse:
@@ -76,6 +80,12 @@ def create_app(
     async def _unexpected(_: Request, err: Exception) -> JSONResponse:
         log.exception("Inference failed")
         return error_response(500, f"Internal error: {type(err).__name__}")
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/ping")
     def ping() -> dict:

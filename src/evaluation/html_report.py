@@ -1,0 +1,130 @@
+"""report.html: one self-contained evaluation page beside metrics.json (opens from disk, offline).
+
+Headline numbers beside the abid_challenge baseline and the constant predictors, the confusion
+matrix, per-class accuracy and RMSE, every plot of the run folder as an embedded PNG, and a gallery
+of the worst mistakes with embedded JPEG thumbnails. Rendered with Jinja2 under autoescape, so file
+names (which a dataset may spell like HTML) reach the page as text, never as markup.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader
+
+from src.data.images import load_rgb
+from src.evaluation.batch import FolderPredictions
+from src.evaluation.report import BASELINE
+
+log = logging.getLogger(__name__)
+
+TEMPLATES = Path(__file__).parent / "templates"
+REPORT_FILE = "report.html"
+GALLERY_SIZE = 24
+THUMBNAIL_PX = 160
+
+
+def class_labels(metrics: dict[str, Any], num_classes: int) -> list[str]:
+    """Display names of the classes: the model's own when it lists them (e.g. ``">5"``)."""
+    classes = (metrics.get("model") or {}).get("classes")
+    if isinstance(classes, list) and len(classes) == num_classes:
+        return [str(c) for c in classes]
+    return [str(c) for c in range(num_classes)]
+
+
+def worst_mistakes(pred: FolderPredictions, limit: int = GALLERY_SIZE) -> list[int]:
+    """Indices of wrong predictions: largest |predicted - true| first, then lowest p(true count)."""
+    wrong = (pred.counts != pred.targets).nonzero().flatten().tolist()
+    distance = (pred.counts - pred.targets).abs().tolist()
+    p_true = pred.probs.gather(1, pred.targets.long()[:, None]).flatten().tolist()
+    return sorted(wrong, key=lambda i: (-distance[i], p_true[i], pred.names[i]))[:limit]
+
+
+def thumbnail_uri(path: Path, size: int = THUMBNAIL_PX) -> str | None:
+    """A small JPEG as a data URI; None when the image cannot be read any more."""
+    try:
+        image = load_rgb(path)
+    except (OSError, ValueError, SyntaxError) as err:
+        log.warning("No thumbnail for %s: %s", path, err)
+        return None
+    image.thumbnail((size, size))
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def png_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def _columns(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """The compared predictors: this model, the published baseline, the constant predictors."""
+    consts = metrics["constant_predictor"]
+    columns = [
+        {"name": "this model", "values": metrics, "highlight": True},
+        {"name": BASELINE["name"] + " (published)", "values": {
+            "acc": BASELINE["acc"], "rmse": BASELINE["rmse"],
+            **{f"acc_class_{c}": v for c, v in enumerate(BASELINE["acc_class"])},
+            **{f"rmse_class_{c}": v for c, v in enumerate(BASELINE["rmse_class"])},
+        }},
+        {"name": f"always {consts['majority']['count']} (majority)", "values": consts["majority"]},
+    ]
+    if consts["best_rmse"]["count"] != consts["majority"]["count"]:
+        columns.append({"name": f"always {consts['best_rmse']['count']} (min RMSE)", "values": consts["best_rmse"]})
+    return columns
+
+
+def render_report(
+    metrics: dict[str, Any],
+    pred: FolderPredictions,
+    eval_dir: str | Path,
+    plots: list[Path] = (),
+    gallery_size: int = GALLERY_SIZE,
+) -> str:
+    num_classes = pred.probs.shape[1]
+    labels = class_labels(metrics, num_classes)
+    gallery = []
+    for i in worst_mistakes(pred, gallery_size):
+        t, c = int(pred.targets[i]), int(pred.counts[i])
+        probs = pred.probs[i].tolist()
+        gallery.append({
+            "name": pred.names[i],
+            "thumbnail": thumbnail_uri(Path(eval_dir) / pred.names[i]),
+            "true": labels[t], "pred": labels[c],
+            "p_true": probs[t], "p_pred": probs[c], "distance": abs(c - t),
+            "bars": [{"label": labels[k], "p": p, "is_true": k == t, "is_pred": k == c} for k, p in enumerate(probs)],
+        })
+    cm = metrics["confusion_matrix"]
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, trim_blocks=True, lstrip_blocks=True)
+    return env.get_template("report.html.j2").render(
+        m=metrics,
+        labels=labels,
+        columns=_columns(metrics),
+        cm=cm,
+        cm_max=max((v for row in cm for v in row), default=0) or 1,
+        per_class=[{"label": labels[c], **metrics["per_class"][str(c)],
+                    "base_acc": BASELINE["acc_class"][c] if c < len(BASELINE["acc_class"]) else None,
+                    "base_rmse": BASELINE["rmse_class"][c] if c < len(BASELINE["rmse_class"]) else None}
+                   for c in range(len(cm))],
+        plots=[{"title": p.stem.replace("_", " "), "uri": png_uri(p)} for p in plots],
+        gallery=gallery,
+        n_wrong=int((pred.counts != pred.targets).sum()),
+        extras={k: metrics[k] for k in ("ece", "ece_calibrated", "temperature", "coverage") if k in metrics},
+    )
+
+
+def write_html_report(
+    pred: FolderPredictions, metrics: dict[str, Any], eval_dir: str | Path, out_dir: str | Path,
+    gallery_size: int = GALLERY_SIZE,
+) -> Path:
+    """Write ``out_dir/report.html``, embedding every ``*.png`` already in ``out_dir``."""
+    out = Path(out_dir)
+    plots = sorted(out.glob("*.png"))
+    path = out / REPORT_FILE
+    path.write_text(render_report(metrics, pred, eval_dir, plots, gallery_size), encoding="utf-8")
+    return path
+

@@ -1,0 +1,75 @@
+"""report.html: worst-mistake order, escaping of file names, self-contained, numbers = metrics.json."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from src.evaluation.batch import FolderPredictions
+from src.evaluation.html_report import worst_mistakes, write_html_report
+from src.evaluation.report import write_report
+from tests.conftest import HTML_NAME
+
+
+def predictions(names: list[str], targets: list[int], probs: list[list[float]]) -> FolderPredictions:
+    p = torch.tensor(probs)
+    return FolderPredictions(names, torch.tensor(targets), p, p.argmax(1))
+
+
+def one_hot_ish(k: int, p: float) -> list[float]:
+    rest = (1 - p) / 5
+    return [p if c == k else rest for c in range(6)]
+
+
+def test_worst_mistakes_largest_error_first_then_least_confident_in_the_truth():
+    pred = predictions(
+        ["right", "off_by_1_sure", "off_by_4", "off_by_1_unsure", "off_by_2"],
+        [2, 2, 0, 2, 1],
+        [one_hot_ish(2, 0.9), one_hot_ish(3, 0.5), one_hot_ish(4, 0.6), one_hot_ish(1, 0.95), one_hot_ish(3, 0.7)],
+    )
+    order = [pred.names[i] for i in worst_mistakes(pred)]
+    # off_by_1_unsure gives its true count 0.01, off_by_1_sure 0.1: the lower p(true) first.
+    assert order == ["off_by_4", "off_by_2", "off_by_1_unsure", "off_by_1_sure"]
+    assert len(worst_mistakes(pred, limit=2)) == 2
+
+
+def _images(root: Path, names: list[str]) -> None:
+    rng = np.random.default_rng(0)
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(root / name, format="JPEG")
+
+
+def test_report_escapes_file_names_and_embeds_everything(tmp_path):
+    names = [f"3/{HTML_NAME}", "1/a&b.jpg", "0/ok.jpg"]
+    _images(tmp_path / "data", names)
+    pred = predictions(names, [3, 1, 0], [one_hot_ish(0, 0.8), one_hot_ish(2, 0.6), one_hot_ish(0, 0.9)])
+    metrics = write_report(pred, tmp_path / "out", 6, {"eval_dir": "<b>eval</b>"})
+    html = write_html_report(pred, metrics, tmp_path / "data", tmp_path / "out").read_text()
+
+    assert "&lt;img src=x onerror=alert(1)&gt;.jpg" in html
+    assert "<img src=x" not in html and "onerror=alert(1)>" not in html
+    assert "1/a&amp;b.jpg" in html and "&lt;b&gt;eval&lt;/b&gt;" in html
+    # Self-contained: nothing fetched from anywhere; the two plots and two thumbnails are data URIs.
+    assert not re.search(r'(src|href)="(?!data:)', html) and "http" not in html
+    assert html.count('src="data:image/png;base64,') == 2  # confusion_matrix.png, per_class_accuracy.png
+    assert html.count('src="data:image/jpeg;base64,') == 2  # the two mistakes, not the right answer
+    assert re.search(r'id="headline-acc">33\.3 %<', html)
+
+
+def test_evaluate_writes_report_beside_metrics(html_name_evaluation):
+    out = html_name_evaluation
+    html = (out / "report.html").read_text()
+    saved = json.loads((out / "metrics.json").read_text())
+    assert f'id="headline-acc">{100 * saved["acc"]:.1f} %<' in html
+    with open(out / "predictions.csv") as f:
+        wrong = sum(r["true_count"] != r["pred_count"] for r in csv.DictReader(f))
+    assert wrong > 0
+    assert html.count('src="data:image/jpeg;base64,') == min(wrong, 24)
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html and "<img src=x" not in html
