@@ -12,7 +12,7 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 log = logging.getLogger("prepare_data")
 SETTINGS = (
     "source output ids ids_format max_count fractions seed resize jpeg_quality workers dry_run "
-    "unsigned previous_splits prune plot progress"
+    "unsigned previous_splits prune plot progress shard"
 ).split()
 
 
