@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from src.evaluation.batch import predict_folder
+from src.evaluation.model_quality import write_model_quality
 from src.evaluation.report import summary_table, write_report
 from src.serving.loading import load_predictor
 
@@ -49,6 +50,7 @@ def evaluate(
         "images_per_s": len(pred.names) / seconds if seconds else None,
     }
     metrics = write_report(pred, output_dir, num_classes, extra)
+    write_model_quality(metrics, output_dir)  # evaluation.json: what the SageMaker pipeline's gate reads
     table = summary_table(metrics)
     if print_table:
         print(table)
