@@ -524,10 +524,13 @@ def test_each_step_command_runs_in_its_container_layout(definition, tmp_path):
     passing = {**params, "MinAccuracy": 0.0, "MaxRmse": 5.0}
     assert branch_taken(gate, passing, files) == "if"
     acc, rmse = report["metrics"]["accuracy"]["value"], report["metrics"]["rmse"]["value"]
-    for failing in ({**passing, "MaxRmse": rmse / 2 or -1.0}, {**passing, "MinAccuracy": min(1.0, acc + 0.01)}):
-        if failing["MinAccuracy"] <= acc and failing["MaxRmse"] >= rmse:
-            continue  # accuracy 1.0 cannot be beaten; the RMSE case covers the else branch
+    assert 0 < rmse and acc < 1  # one tiny epoch on random bins is far from perfect
+    assert branch_taken(gate, {**passing, "MinAccuracy": acc, "MaxRmse": rmse}, files) == "if"  # bounds inclusive
+    for failing in ({**passing, "MaxRmse": rmse / 2}, {**passing, "MinAccuracy": (acc + 1) / 2}):
         assert branch_taken(gate, failing, files) == "else"
         message = resolve(steps["Fail-Trained"]["Arguments"]["ErrorMessage"], failing, files)
-        assert f"test accuracy {acc}" in message and f"RMSE {rmse}" in message
-        assert f"needs <= {failing['MaxRmse']}" in message and "exec-1/trained/evaluation.json" in message
+        assert f"test accuracy {acc} (needs >= {failing['MinAccuracy']})" in message
+        assert f"RMSE {rmse} (needs <= {failing['MaxRmse']})" in message
+        assert message.endswith("see s3://bincount-test/bincount/evaluation/exec-1/trained/evaluation.json")
+    per_class = report["per_class"]
+    assert sum(c["n"] for c in per_class.values()) == report["metrics"]["n"]["value"]

@@ -435,7 +435,8 @@ def run_action(cfg: DictConfig, recorder: RequestRecorder | None = None) -> dict
         result = ACTIONS[action](ctx)
     finally:
         ctx.tmp.cleanup()
-    log.info("%s: %s", action, json.dumps(result, default=str))
+    brief = {k: v for k, v in result.items() if k != "definition"}  # a pipeline's definition is ~60 kB
+    log.info("%s: %s", action, json.dumps(brief, default=str))
     return result
 
 
