@@ -1,7 +1,8 @@
 """Run the pipeline on Amazon SageMaker: `python launch_sagemaker.py action=<name> [key=value ...]`.
 
-Actions: prepare, train, tune, transform, deploy, invoke, delete. `dry_run=true` prints the exact
-requests and calls nothing. See README, "SageMaker".
+Actions: prepare, train, tune, transform, deploy, invoke, delete, pipeline, approve. `dry_run=true`
+prints the exact requests (pipeline: its definition) and calls nothing. See README, "SageMaker", and
+docs/sagemaker_pipeline.md.
 """
 
 import os

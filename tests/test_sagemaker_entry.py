@@ -69,6 +69,19 @@ def test_environment_maps_to_overrides(tmp_path):
     assert f"ckpt_path={tmp_path / 'ckpt' / 'epoch_000.ckpt'}" in ov
 
 
+def test_each_training_job_checkpoints_in_its_own_folder(tmp_path):
+    """Tuning trials share one checkpoint S3 URI; a trial must not resume another trial's last.ckpt."""
+    base = tmp_path / "ckpt"
+    (base / "trial-001").mkdir(parents=True)
+    torch.save({"epoch": 3}, base / "trial-001" / "last.ckpt")
+    env = {"BINCOUNT_CHECKPOINT_DIR": str(base), "SM_OUTPUT_DATA_DIR": str(tmp_path / "out")}
+    ov = build_overrides([], {**env, "TRAINING_JOB_NAME": "trial-002"})
+    assert f"callbacks.model_checkpoint.dirpath={base / 'trial-002'}" in ov
+    assert not any(o.startswith("ckpt_path=") for o in ov)
+    ov = build_overrides([], {**env, "TRAINING_JOB_NAME": "trial-001"})  # its own spot restart resumes
+    assert f"ckpt_path={base / 'trial-001' / 'last.ckpt'}" in ov
+
+
 def test_channels_in_separate_places_become_a_folder_of_links(tmp_path):
     env = {}
     for s in ("train", "val", "test"):

@@ -8,8 +8,9 @@ this module turns that into overrides of ``configs/train.yaml``:
 * ``SM_OUTPUT_DATA_DIR`` -> the run folder (``paths.output_dir``)
 * ``SM_MODEL_DIR`` -> ``artifact_dir`` on global rank 0 only
 * ``SM_HOST_COUNT`` / ``SM_NUM_GPUS`` -> ``trainer.num_nodes`` / ``trainer.devices``
-* checkpoints every epoch into ``/opt/ml/checkpoints`` (``BINCOUNT_CHECKPOINT_DIR``), resuming
-  from the newest one there after a spot interruption.
+* checkpoints every epoch into ``/opt/ml/checkpoints/<TRAINING_JOB_NAME>`` (``BINCOUNT_CHECKPOINT_DIR``),
+  resuming from the newest one there after a spot interruption (the job name keeps the trials of a
+  tuning job, which share one checkpoint S3 URI, apart).
 
 After training it prints ``optimized_metric: <name>=<value>``, the line the tuning job parses.
 """
@@ -83,6 +84,8 @@ def build_overrides(argv: Sequence[str], env: Mapping[str, str]) -> list[str]:
     overrides.append(f"++artifact_dir={model_dir if model_dir and rank == 0 else 'null'}")
 
     ckpt_dir = Path(env.get("BINCOUNT_CHECKPOINT_DIR", DEFAULT_CHECKPOINT_DIR))
+    if env.get("TRAINING_JOB_NAME"):  # tuning trials share one checkpoint S3 URI: never resume another trial
+        ckpt_dir = ckpt_dir / env["TRAINING_JOB_NAME"]
     overrides += [f"callbacks.model_checkpoint.dirpath={ckpt_dir}", "++callbacks.model_checkpoint.every_n_epochs=1",
                   "callbacks.model_checkpoint.save_last=true"]
     resume = newest_checkpoint(ckpt_dir)

@@ -114,7 +114,8 @@ def prepare(ctx: Context) -> dict[str, Any]:
             s3_uri=uri, local_path=f"{PROCESSING}/input/ids", s3_data_type="S3Prefix", s3_input_mode="File")))
         args.append(f"ids={PROCESSING}/input/ids/{uri.rsplit('/', 1)[1]}")
     args += [f"output={PROCESSING}/output", f"max_count={p.max_count}",
-             f"resize={'null' if p.resize is None else p.resize}", f"seed={p.seed}"]
+             f"resize={'null' if p.resize is None else p.resize}", f"seed={p.seed}", f"workers={p.workers}",
+             "shard=auto"]  # N instances share the copying (src/data/prepare.py)
     outputs = [ProcessingOutput(output_name="data", s3_output=ProcessingS3Output(
         s3_uri=ctx.data_uri, local_path=f"{PROCESSING}/output", s3_upload_mode="EndOfJob"))]
 
@@ -130,7 +131,17 @@ def prepare(ctx: Context) -> dict[str, Any]:
     return {"processing_job": job_name, "data": ctx.data_uri}
 
 
-def _model_trainer(ctx: Context, kind: str, instance_type: str, instance_count: int, hyperparameters: dict):
+def _int(value):
+    """int() for config values; pipeline parameters pass through."""
+    from sagemaker.core.workflow import is_pipeline_variable
+
+    return value if is_pipeline_variable(value) else int(value)
+
+
+def model_trainer(ctx: Context, kind: str, instance_type, instance_count, hyperparameters: dict, *,
+                  image_type: str | None = None, source_dir: str | None = None, checkpoint_uri=None):
+    """The ModelTrainer of train and tune jobs (and of the pipeline's steps, where ``instance_type`` and
+    ``instance_count`` are pipeline parameters and ``image_type`` picks the image)."""
     from sagemaker.core.shapes import Tag
     from sagemaker.train import ModelTrainer
     from sagemaker.train.configs import CheckpointConfig, Compute, OutputDataConfig, SourceCode, StoppingCondition
@@ -144,14 +155,15 @@ def _model_trainer(ctx: Context, kind: str, instance_type: str, instance_count: 
         sagemaker_session=ctx.session,
         role=sm.role,
         base_job_name=f"{sm.base_job_name}-{kind}",
-        training_image=ctx.image("training", instance_type),
-        source_code=SourceCode(source_dir=ctx.source_dir(), entry_script=ENTRY_SCRIPT, requirements="requirements.txt"),
+        training_image=ctx.image("training", image_type or instance_type),
+        source_code=SourceCode(source_dir=source_dir or ctx.source_dir(), entry_script=ENTRY_SCRIPT,
+                               requirements="requirements.txt"),
         distributed=Torchrun(process_count_per_node=sm.train.get("process_count_per_node")),
-        compute=Compute(instance_type=instance_type, instance_count=int(instance_count),
+        compute=Compute(instance_type=instance_type, instance_count=_int(instance_count),
                         volume_size_in_gb=int(sm.volume_size_gb), enable_managed_spot_training=spot),
         stopping_condition=stopping,
         output_data_config=OutputDataConfig(s3_output_path=ctx.output_uri),
-        checkpoint_config=CheckpointConfig(s3_uri=ctx.checkpoint_uri(kind), local_path=CHECKPOINT_DIR),
+        checkpoint_config=CheckpointConfig(s3_uri=checkpoint_uri or ctx.checkpoint_uri(kind), local_path=CHECKPOINT_DIR),
         hyperparameters=hyperparameters,
         environment={"BINCOUNT_CHECKPOINT_DIR": CHECKPOINT_DIR},
         tags=[Tag(key=t["Key"], value=t["Value"]) for t in ctx.tags] or None,
@@ -167,14 +179,15 @@ def _channels(ctx: Context) -> list:
 def train(ctx: Context) -> dict[str, Any]:
     """A ModelTrainer job: Torchrun across ``train.instance_count`` instances."""
     t = ctx.sm.train
-    trainer = _model_trainer(ctx, "train", t.instance_type, t.instance_count, encode_overrides(ctx.cfg.train_overrides))
+    trainer = model_trainer(ctx, "train", t.instance_type, t.instance_count, encode_overrides(ctx.cfg.train_overrides))
     trainer.train(input_data_config=_channels(ctx), wait=ctx.wait, logs=ctx.wait)
     job = trainer._latest_training_job
     return {"training_job": getattr(job, "training_job_name", None), "output": ctx.output_uri}
 
 
-def tune(ctx: Context) -> dict[str, Any]:
-    """Hyperparameter tuning over the same search space the local Optuna sweep uses."""
+def hyperparameter_tuner(ctx: Context, instance_type=None, *, image_type: str | None = None,
+                         source_dir: str | None = None, checkpoint_uri=None):
+    """The tuner over the same search space the local Optuna sweep uses (``tune`` and the pipeline)."""
     from sagemaker.train.tuner import HyperparameterTuner
 
     t = ctx.sm.tune
@@ -182,8 +195,9 @@ def tune(ctx: Context) -> dict[str, Any]:
     hps = encode_overrides(ctx.cfg.train_overrides)
     if int(t.instance_count) > 1:  # trials start through the container toolkit, not the v3 torchrun driver
         hps["sagemaker_torch_distributed_enabled"] = "true"
-    trainer = _model_trainer(ctx, "tune", t.instance_type, t.instance_count, hps)
-    tuner = HyperparameterTuner(
+    trainer = model_trainer(ctx, "tune", instance_type or t.instance_type, t.instance_count, hps,
+                            image_type=image_type, source_dir=source_dir, checkpoint_uri=checkpoint_uri)
+    return HyperparameterTuner(
         model_trainer=trainer,
         objective_metric_name=space.objective,
         objective_type="Maximize" if space.direction == "maximize" else "Minimize",
@@ -196,6 +210,12 @@ def tune(ctx: Context) -> dict[str, Any]:
         base_tuning_job_name=f"{ctx.sm.base_job_name}-tune",
         tags=ctx.tags or None,
     )
+
+
+def tune(ctx: Context) -> dict[str, Any]:
+    """Hyperparameter tuning over the same search space the local Optuna sweep uses."""
+    space = load_search_space(ROOT / "configs" / "hparams_search" / f"{ctx.sm.tune.search}.yaml")
+    tuner = hyperparameter_tuner(ctx)
     job_name = f"{ctx.sm.base_job_name}-tune-{ctx.stamp}"[:32]  # tuning job names: 32 characters
     tuner.tune(inputs=_channels(ctx), job_name=job_name, wait=ctx.wait)
     return {"tuning_job": job_name, "objective": space.objective, "regex": space.metric_regex}
@@ -219,12 +239,17 @@ def _model_data(ctx: Context) -> str:
     return ctx.upload(path, "models", ctx.stamp)
 
 
+def inference_env(ctx: Context) -> dict[str, str]:
+    """What the PyTorch inference container needs to run the artifact's code/inference.py."""
+    return {"SAGEMAKER_PROGRAM": "inference.py", "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
+            "SAGEMAKER_CONTAINER_LOG_LEVEL": "20", "SAGEMAKER_REGION": str(ctx.sm.region)}
+
+
 def _create_model(ctx: Context, name: str, instance_type: str) -> str:
     from sagemaker.core.helper.session_helper import container_def
 
-    env = {"SAGEMAKER_PROGRAM": "inference.py", "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
-           "SAGEMAKER_CONTAINER_LOG_LEVEL": "20", "SAGEMAKER_REGION": str(ctx.sm.region)}
-    container = container_def(ctx.image("inference", instance_type), model_data_url=_model_data(ctx), env=env)
+    container = container_def(ctx.image("inference", instance_type), model_data_url=_model_data(ctx),
+                              env=inference_env(ctx))
     return ctx.session.create_model(name=name, role=ctx.sm.role, container_defs=container, tags=ctx.tags or None)
 
 
@@ -269,17 +294,74 @@ def _wait_for_transform(client, job_name: str, max_delay: float = 60.0) -> str:
 
 
 def deploy(ctx: Context) -> dict[str, Any]:
-    """Model + endpoint config + endpoint, all named ``endpoint.name`` (so ``delete`` needs no lookup)."""
+    """Model + endpoint config + endpoint, all named ``endpoint.name`` (so ``delete`` needs no lookup).
+
+    The model is ``registry.package`` (an Approved model package version, or ``latest``: the newest
+    Approved one of ``registry.group``) when set, else ``model_data``.
+    """
     from sagemaker.core.helper.session_helper import production_variant
+
+    from src.cloud.registry import approved_package
 
     e = ctx.sm.endpoint
     name = str(e.name)
-    _create_model(ctx, name, e.instance_type)
+    result: dict[str, Any] = {"endpoint": name}
+    package = ctx.sm.registry.get("package")
+    if package:
+        described = approved_package(ctx.session.sagemaker_client, str(package), str(ctx.sm.registry.group))
+        result["model_package"] = described["ModelPackageArn"]
+        ctx.session.create_model(name=name, role=ctx.sm.role, tags=ctx.tags or None,
+                                 container_defs={"ModelPackageName": described["ModelPackageArn"]})
+    else:
+        _create_model(ctx, name, e.instance_type)
     variant = production_variant(model_name=name, instance_type=e.instance_type,
                                  initial_instance_count=int(e.instance_count), variant_name=e.variant)
     ctx.session.create_endpoint_config(name=name, production_variants=[variant], tags=ctx.tags or None)
     ctx.session.create_endpoint(endpoint_name=name, config_name=name, tags=ctx.tags or None, wait=ctx.wait)
-    return {"endpoint": name}
+    return result
+
+
+def approve(ctx: Context) -> dict[str, Any]:
+    """Approve a model package version (``registry.package``: its ARN, or ``latest`` of the group)."""
+    from src.cloud.registry import approve as approve_package
+
+    r = ctx.sm.registry
+    result = approve_package(ctx.session.sagemaker_client, str(r.package), str(r.group),
+                             note=r.get("approval_note"))
+    print(f"approved: {result['model_package']}")
+    return result
+
+
+def pipeline(ctx: Context) -> dict[str, Any]:
+    """Build the Pipeline; upsert and (unless ``start=false``) start it. Dry run: the definition only."""
+    import os
+
+    # sagemaker.serve (ModelBuilder) makes a boto3 client at import time: it needs a default region.
+    os.environ.setdefault("AWS_DEFAULT_REGION", str(ctx.sm.region))
+    from sagemaker.core.workflow.pipeline_context import PipelineSession
+
+    from src.cloud.pipeline import build_pipeline
+    from src.cloud.registry import ensure_group
+
+    sm = ctx.sm
+    ctx.session = PipelineSession(boto_session=ctx.boto, default_bucket=ctx.s3.bucket,
+                                  default_bucket_prefix=ctx.s3.prefix or None)
+    ids_uri = ctx.upload(str(sm.prepare.ids), "inputs", "ids")
+    built = build_pipeline(ctx, ids_uri)
+    definition = json.loads(built.definition())
+    result: dict[str, Any] = {"pipeline": built.name, "definition": definition}
+    if ctx.cfg.get("dry_run"):
+        return result
+    client = ctx.boto.client("sagemaker")
+    result["model_package_group"] = ensure_group(
+        client, str(sm.registry.group), "bincount: ABID object counting models from the pipeline", ctx.tags or None)
+    result["pipeline_arn"] = built.upsert(role_arn=str(sm.role), description=f"bincount {built.name}",
+                                          tags=ctx.tags or None)["PipelineArn"]
+    if ctx.cfg.get("start", True):
+        execution = built.start()
+        result["execution_arn"] = execution.arn
+        print(f"started: {execution.arn}")
+    return result
 
 
 def invoke(ctx: Context) -> dict[str, Any]:
@@ -322,7 +404,7 @@ def delete(ctx: Context) -> dict[str, Any]:
 
 ACTIONS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "prepare": prepare, "train": train, "tune": tune, "transform": transform,
-    "deploy": deploy, "invoke": invoke, "delete": delete,
+    "deploy": deploy, "invoke": invoke, "delete": delete, "approve": approve, "pipeline": pipeline,
 }
 
 
@@ -333,8 +415,18 @@ def run_action(cfg: DictConfig, recorder: RequestRecorder | None = None) -> dict
     if action not in ACTIONS:
         raise LaunchConfigError(f"action={action!r}: choose one of {', '.join(ACTIONS)}")
     check_settings(cfg.sagemaker)  # before anything touches AWS
-    if action in ("train", "tune"):
+    if action in ("train", "tune", "pipeline"):
         encode_overrides(cfg.train_overrides)  # names and length limits, also before AWS
+    if action == "pipeline":
+        from src.cloud.pipeline import check_pipeline_settings
+
+        check_pipeline_settings(cfg.sagemaker)
+    if action in ("approve", "deploy"):
+        from src.cloud.registry import check_group_name, check_package_ref
+
+        check_group_name(cfg.sagemaker.registry.group)
+        if action == "approve" or cfg.sagemaker.registry.get("package"):
+            check_package_ref(cfg.sagemaker.registry.get("package"))
     if cfg.get("dry_run"):
         return _dry_run(cfg, action, recorder or RequestRecorder())
     recorder = recorder or RequestRecorder()
@@ -343,7 +435,8 @@ def run_action(cfg: DictConfig, recorder: RequestRecorder | None = None) -> dict
         result = ACTIONS[action](ctx)
     finally:
         ctx.tmp.cleanup()
-    log.info("%s: %s", action, json.dumps(result, default=str))
+    brief = {k: v for k, v in result.items() if k != "definition"}  # a pipeline's definition is ~60 kB
+    log.info("%s: %s", action, json.dumps(brief, default=str))
     return result
 
 
@@ -358,7 +451,8 @@ def _dry_run(cfg: DictConfig, action: str, recorder: RequestRecorder) -> dict[st
     import boto3
 
     clean = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    clean.update(AWS_ACCESS_KEY_ID="dry-run", AWS_SECRET_ACCESS_KEY="dry-run", SAGEMAKER_VALIDATE_ROLE="false")
+    clean.update(AWS_ACCESS_KEY_ID="dry-run", AWS_SECRET_ACCESS_KEY="dry-run", SAGEMAKER_VALIDATE_ROLE="false",
+                 AWS_DEFAULT_REGION=str(cfg.sagemaker.region))
     opt_out = Path(tempfile.mkdtemp(prefix="bincount-dry-run-")) / "sagemaker-config.yaml"
     opt_out.write_text("SchemaVersion: '1.0'\nSageMaker:\n  PythonSDK:\n    Modules:\n      TelemetryOptOut: true\n")
     clean["SAGEMAKER_USER_CONFIG_OVERRIDE"] = str(opt_out)  # the SDK's telemetry would call out
@@ -370,9 +464,12 @@ def _dry_run(cfg: DictConfig, action: str, recorder: RequestRecorder) -> dict[st
         s3.create_bucket(Bucket=layout.bucket, **kwargs)
         ctx = Context(cfg, recorder)
         try:
-            ACTIONS[action](ctx)
+            result = ACTIONS[action](ctx)
         finally:
             ctx.tmp.cleanup()
+    if action == "pipeline":  # the definition is the plan; the uploads it needs went to the mock
+        print(to_json(result["definition"]))
+        return result
     plan = {
         "action": action,
         "requests": [{"operation": c["operation"], "service": c["service"], "request": c["params"]}

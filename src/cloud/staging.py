@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,9 @@ ROOT = Path(__file__).resolve().parents[2]
 INCLUDE = ("src", "configs", "train.py", "prepare_data.py", "evaluate.py", "sagemaker_entry.py")
 CONTAINER_REQUIREMENTS = Path(__file__).with_name("requirements-container.txt")
 ENTRY_SCRIPT = "sagemaker_entry.py"
+# Container entry scripts kept in src/cloud, copied to the staged root (a Processing job runs its
+# `code` from there): staged name -> repository path.
+ROOT_SCRIPTS = {"pipeline_evaluate.py": "src/cloud/evaluate_step.py"}
 
 
 def stage_source(dest: str | Path, root: Path = ROOT) -> Path:
@@ -23,5 +27,16 @@ def stage_source(dest: str | Path, root: Path = ROOT) -> Path:
             shutil.copytree(src, dest / name, ignore=ignore, dirs_exist_ok=True)
         elif src.is_file():
             shutil.copy2(src, dest / name)
+    for name, rel in ROOT_SCRIPTS.items():
+        shutil.copy2(root / rel, dest / name)
     shutil.copy2(CONTAINER_REQUIREMENTS, dest / "requirements.txt")
     return dest
+
+
+def tree_digest(folder: str | Path) -> str:
+    """A hash of every file's path and bytes: equal code gives equal S3 code locations (step caching)."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()

@@ -10,6 +10,12 @@ Besides the images the output holds ``manifest.json`` (``{split: {count: [names]
 ``splits.csv`` (name, count, split; also the record that keeps splits stable when the job is rerun
 on a grown source), ``stats.json``, ``rejects.csv``, ``class_distribution.png`` and
 ``prepare.json`` (the settings the stored images were made with).
+
+Several instances can share one job (``shard``): every instance reads all the metadata and decides
+the same splits (they depend on the metadata only), then copies only the images it owns
+(``split.shard_of``: a stable hash of the name), so no two instances write the same object. Rank 0
+alone writes the summary files; an instance that rejects images it owns lists them in its own
+``rejects-shard-<rank>-of-<n>.csv`` (rank 0 cannot see them).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import csv
 import io
 import json
 import logging
+import os
 import sys
 import time
 from collections import Counter
@@ -41,13 +48,36 @@ from src.data.abid import (
     target_size,
 )
 from src.data.layout import SPLITS
-from src.data.split import assign_splits, check_fractions
+from src.data.split import assign_splits, check_fractions, shard_of
 from src.data.storage import LocalStore, Missing, open_store, read_uri
 
 log = logging.getLogger(__name__)
 
 # Settings baked into the stored images: a rerun with other values would mix two datasets.
 LOCKED_SETTINGS = ("seed", "fractions", "resize", "jpeg_quality")
+# A SageMaker Processing job tells each instance who it is here (hosts in rank order).
+RESOURCE_CONFIG = "/opt/ml/config/resourceconfig.json"
+RESOURCE_CONFIG_ENV = "BINCOUNT_RESOURCE_CONFIG"  # another path (local stand-ins, tests)
+
+
+def resolve_shard(shard: str | None) -> tuple[int, int]:
+    """``None`` -> (0, 1); ``"i/n"`` -> (i, n); ``"auto"`` -> this instance's rank and the host count
+    from the Processing job's resource config ((0, 1) where there is none: a local run)."""
+    if shard is None or str(shard).lower() in ("", "none", "null"):
+        return 0, 1
+    text = str(shard).strip()
+    if text == "auto":
+        path = os.environ.get(RESOURCE_CONFIG_ENV, RESOURCE_CONFIG)
+        try:
+            config = json.loads(open(path).read())
+        except FileNotFoundError:
+            return 0, 1
+        hosts = list(config["hosts"])
+        return hosts.index(config["current_host"]), len(hosts)
+    rank, sep, count = text.partition("/")
+    if sep and rank.isdigit() and count.isdigit() and 0 <= int(rank) < int(count):
+        return int(rank), int(count)
+    raise ValueError(f"shard={shard!r}: give null, auto (SageMaker Processing) or i/n with 0 <= i < n, e.g. 0/4")
 
 
 class NothingUsable(RuntimeError):
@@ -106,6 +136,11 @@ def _parallel(fn: Callable[[Any], Any], items: list, workers: int, desc: str, pr
 def _select(source, ids: str | None, ids_format: str, unsigned) -> tuple[list[str], list[tuple[str, BadItem]]]:
     """Names to consider: those in the ids file, or every image or metadata file under the source."""
     if ids:
+        if os.path.isdir(ids):  # a Processing input folder holding the one ids file
+            files = sorted(p for p in os.listdir(ids) if os.path.isfile(os.path.join(ids, p)))
+            if len(files) != 1:
+                raise FileNotFoundError(f"ids folder {ids} holds {len(files)} files; expected exactly one ids file")
+            ids = os.path.join(ids, files[0])
         try:
             text = read_uri(ids, unsigned).decode("utf-8-sig")
         except (Missing, FileNotFoundError) as err:
@@ -297,9 +332,14 @@ def prepare(
     prune: bool = True,
     plot: bool = True,
     progress: bool = True,
+    shard: str | None = None,
 ) -> Report:
-    """Prepare ``source`` into ``output``; see the module docstring. Raises NothingUsable when nothing is left."""
+    """Prepare ``source`` into ``output``; see the module docstring. Raises NothingUsable when nothing is left.
+
+    ``shard``: ``None`` (this process does everything), ``"i/n"`` or ``"auto"`` (see ``resolve_shard``).
+    """
     start = time.perf_counter()
+    rank, shards = resolve_shard(shard)
     fractions = check_fractions(fractions or {"train": 0.64, "val": 0.16, "test": 0.20})
     if resize is not None and not isinstance(resize, int):
         resize = [int(v) for v in resize]
@@ -347,28 +387,40 @@ def prepare(
     existing = {k for k in out.list() if k.split("/", 1)[0] in SPLITS and k.endswith(".jpg")}
 
     items = [(name, counts[name], plan[name]) for name in sorted(counts)]
-    if not dry_run and not has_settings:
+    mine = [item for item in items if shard_of(item[0], shards) == rank]  # everything when shards == 1
+    if shards > 1:
+        log.info("Shard %d of %d: copying %d of %d image(s)", rank, shards, len(mine), len(items))
+    if not dry_run and not has_settings and rank == 0:
         out.write("prepare.json", _json({k: settings[k] for k in LOCKED_SETTINGS}))
     task = _image_task(src, out, existing, resize, jpeg_quality, dry_run)
     report = Report(dataset={}, rejects=rejects, above_max_count=above, dry_run=dry_run)
-    outcomes = _parallel(task, items, workers, "images" + (" (dry run)" if dry_run else ""), progress)
-    for (name, count, split), outcome in zip(items, outcomes, strict=True):
+    outcomes = _parallel(task, mine, workers, "images" + (" (dry run)" if dry_run else ""), progress)
+    own_rejects, failed = [], set()
+    for (name, _, _), outcome in zip(mine, outcomes, strict=True):
         if isinstance(outcome, BadItem):
-            rejects.append((name, outcome.reason, outcome.detail))
+            own_rejects.append((name, outcome.reason, outcome.detail))
+            failed.add(name)
             continue
-        report.dataset[name] = (count, split)
         report.written += outcome == "written"
         report.existing += outcome == "existing"
+    # Other instances' images count as written by their owners (they report their own rejects).
+    report.dataset = {name: (count, split) for name, count, split in items if name not in failed}
+    rejects += own_rejects
     rejects.sort()
 
     wanted = {f"{split}/{count}/{name}.jpg" for name, (count, split) in report.dataset.items()}
-    report.pruned = sorted(existing - wanted) if prune else []
+    stale = (k for k in existing - wanted if shard_of(k.rsplit("/", 1)[-1][: -len(".jpg")], shards) == rank)
+    report.pruned = sorted(stale) if prune else []
     stats = stats_of(report, settings)
     if not dry_run:
         for key in report.pruned:
             out.delete(key)
-        for key, data in summary_files(report, stats, plot).items():
-            _write_if_changed(out, key, data)
+        if rank == 0:
+            for key, data in summary_files(report, stats, plot).items():
+                _write_if_changed(out, key, data)
+        elif own_rejects:
+            _write_if_changed(out, f"rejects-shard-{rank}-of-{shards}.csv",
+                              _csv(["name", "reason", "detail"], sorted(own_rejects)))
     report.seconds = time.perf_counter() - start
 
     verb = "would write" if dry_run else "wrote"

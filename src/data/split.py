@@ -21,6 +21,14 @@ def hash_unit(name: str, seed: int) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
+def shard_of(name: str, shards: int) -> int:
+    """Which of ``shards`` instances copies ``name``: a stable hash, independent of the split's seed."""
+    if shards <= 1:
+        return 0
+    digest = hashlib.sha256(f"shard\0{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % shards
+
+
 def split_targets(n: int, fractions: Mapping[str, float]) -> dict[str, int]:
     """Split ``n`` items by ``fractions`` into whole numbers (largest remainder, ties in SPLITS order)."""
     exact = {s: n * fractions[s] for s in SPLITS}

@@ -9,6 +9,7 @@ from typing import Any
 
 from src.evaluation.batch import predict_folder
 from src.evaluation.html_report import write_html_report
+from src.evaluation.model_quality import write_model_quality
 from src.evaluation.report import summary_table, write_report
 from src.inference.loading import load_predictor
 
@@ -51,6 +52,7 @@ def evaluate(
     }
     metrics = write_report(pred, output_dir, num_classes, extra)
     write_html_report(pred, metrics, eval_dir, output_dir)
+    write_model_quality(metrics, output_dir)  # evaluation.json: what the SageMaker pipeline's gate reads
     table = summary_table(metrics)
     if print_table:
         print(table)
