@@ -8,7 +8,7 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from tests.helpers import SHARED_ABID, TINY, compose_cfg
+from tests.helpers import HTML_NAME, SHARED_ABID, TINY, compose_cfg
 
 
 def pytest_collection_modifyitems(config, items):
@@ -73,10 +73,6 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return export_artifact(net, 64, "argmax", tmp_path_factory.mktemp("tiny_model") / "model")
 
 
-# A file name that is also HTML: pages must show it as text (no <img> element, no alert).
-HTML_NAME = "<img src=x onerror=alert(1)>.jpg"
-
-
 @pytest.fixture(scope="session")
 def eval_folder_with_html_name(synthetic_dir, tmp_path_factory) -> Path:
     """The synthetic test split (60 images) plus one image named like an HTML tag."""
@@ -95,3 +91,19 @@ def html_name_evaluation(tiny_model_dir, eval_folder_with_html_name, tmp_path_fa
     out = tmp_path_factory.mktemp("evaluation")
     evaluate(eval_folder_with_html_name, out, model_dir=tiny_model_dir, print_table=False, num_workers=0)
     return out
+
+
+@pytest.fixture(scope="module")
+def moto_url():
+    """moto's S3 + SageMaker server on a free 127.0.0.1 port, for one test module."""
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()

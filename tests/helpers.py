@@ -40,6 +40,7 @@ def compose_cfg(config_name: str = "train", overrides: list[str] | None = None):
 
 
 IMAGE_SIZE = 64
+HTML_NAME = "<img src=x onerror=alert(1)>.jpg"  # a file name that must stay text in every page
 
 
 def tiny_net(seed: int = 0, name: str = "resnet18") -> CountNet:
@@ -95,3 +96,37 @@ body, ctype = inference.output_fn(inference.predict_fn(data, model), "applicatio
 heavy = [m for m in ("pytorch_lightning", "lightning", "hydra", "omegaconf") if m in sys.modules]
 print(json.dumps({"body": json.loads(body), "ctype": ctype, "heavy": heavy}))
 """
+
+
+# -- AWS offline: moto's server on 127.0.0.1 (the fixture is conftest's ``moto_url``) ---------------
+ROLE = "arn:aws:iam::123456789012:role/bincount-sagemaker"
+BUCKET = "bincount-test"
+REGION = "us-east-1"
+BASE = [f"sagemaker.role={ROLE}", f"sagemaker.bucket={BUCKET}", f"sagemaker.region={REGION}"]
+IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/pytorch:test"
+
+
+def aws_env(endpoint: str, config_dir: Path) -> dict[str, str]:
+    """Fake credentials, every boto client routed to ``endpoint``, SageMaker SDK telemetry off."""
+    opt_out = config_dir / "sagemaker-config.yaml"
+    opt_out.write_text("SchemaVersion: '1.0'\nSageMaker:\n  PythonSDK:\n    Modules:\n      TelemetryOptOut: true\n")
+    return {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION,
+            "AWS_ENDPOINT_URL": endpoint, "SAGEMAKER_VALIDATE_ROLE": "false",
+            "SAGEMAKER_USER_CONFIG_OVERRIDE": str(opt_out)}
+
+
+def only(recorder, operation: str) -> dict:
+    """The one recorded request of ``operation`` (fails listing what was sent otherwise)."""
+    found = recorder.requests(operation)
+    assert len(found) == 1, f"expected one {operation}, got {len(found)}: {[c['operation'] for c in recorder.calls]}"
+    return found[0]
+
+
+def hyperparameter_argv(overrides: list[str]) -> list[str]:
+    """Hydra overrides as the ``--name value`` argv a SageMaker training container receives."""
+    from src.cloud.hyperparams import encode_overrides
+
+    out: list[str] = []
+    for name, value in encode_overrides(overrides).items():
+        out += [f"--{name}", value]
+    return out

@@ -14,7 +14,7 @@ from PIL import Image
 from src.evaluation.batch import FolderPredictions
 from src.evaluation.html_report import worst_mistakes, write_html_report
 from src.evaluation.report import write_report
-from tests.conftest import HTML_NAME
+from tests.helpers import HTML_NAME
 
 
 def predictions(names: list[str], targets: list[int], probs: list[list[float]]) -> FolderPredictions:

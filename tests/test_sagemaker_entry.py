@@ -18,6 +18,7 @@ import torch
 from src.cloud.entry import build_overrides, data_dir_from_channels
 from src.cloud.hyperparams import encode_overrides
 from src.cloud.search_space import load_search_space
+from tests.helpers import hyperparameter_argv as argv
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data=synthetic", "data.generator=null", "data.image_size=32", "data.batch_size=8", "data.num_workers=0",
@@ -38,13 +39,6 @@ def sm_env(data: Path, tmp: Path, **extra: str) -> dict[str, str]:
             "SM_CHANNEL_TEST": str(data / "test"), "SM_MODEL_DIR": str(tmp / "model"),
             "SM_OUTPUT_DATA_DIR": str(tmp / "output"), "BINCOUNT_CHECKPOINT_DIR": str(tmp / "checkpoints"),
             "SM_HOST_COUNT": "1", "SM_NUM_GPUS": "0", **extra}
-
-
-def argv(overrides: list[str]) -> list[str]:
-    out: list[str] = []
-    for name, value in encode_overrides(overrides).items():
-        out += [f"--{name}", value]
-    return out
 
 
 def test_environment_maps_to_overrides(tmp_path):

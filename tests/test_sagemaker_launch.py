@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import tarfile
 
 import pytest
@@ -19,41 +18,17 @@ from src.cloud.launcher import compose_launch_config, run_action
 from src.cloud.recorder import RequestRecorder
 from src.cloud.search_space import OBJECTIVE_LINE, Categorical, Continuous, load_search_space
 from src.cloud.settings import LaunchConfigError
+from tests.helpers import BASE, BUCKET, IMAGE, REGION, ROLE, aws_env, only
 
-pytest.importorskip("sagemaker.train")
-moto_server = pytest.importorskip("moto.server")
-
-ROLE = "arn:aws:iam::123456789012:role/bincount-sagemaker"
-BUCKET = "bincount-test"
-REGION = "us-east-1"
-BASE = [f"sagemaker.role={ROLE}", f"sagemaker.bucket={BUCKET}", f"sagemaker.region={REGION}"]
 OVERRIDES = ["experiment=quickstart", "model.optimizer.lr=0.003", "data.batch_size=32", "trainer.max_epochs=3"]
-IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/pytorch:test"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    srv.start()
-    yield f"http://127.0.0.1:{port}"
-    srv.stop()
 
 
 @pytest.fixture
-def aws(server, tmp_path, monkeypatch):
-    """Fake credentials, every boto client routed to moto, SDK telemetry off; a fresh bucket."""
+def aws(moto_url, tmp_path, monkeypatch):
+    """Every boto client routed to moto, SDK telemetry off; a fresh, empty bucket."""
     import boto3
 
-    opt_out = tmp_path / "sagemaker-config.yaml"
-    opt_out.write_text("SchemaVersion: '1.0'\nSageMaker:\n  PythonSDK:\n    Modules:\n      TelemetryOptOut: true\n")
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION,
-        "AWS_ENDPOINT_URL": server, "SAGEMAKER_VALIDATE_ROLE": "false",
-        "SAGEMAKER_USER_CONFIG_OVERRIDE": str(opt_out),
-    }.items():
+    for key, value in aws_env(moto_url, tmp_path).items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     s3 = boto3.client("s3", region_name=REGION)
@@ -85,12 +60,6 @@ def launch(action: str, *extra: str) -> tuple[dict, RequestRecorder]:
     cfg = compose_launch_config([f"action={action}", *BASE, f"sagemaker.image.training_uri={IMAGE}",
                                  f"sagemaker.image.inference_uri={IMAGE}", *extra])
     return run_action(cfg, recorder), recorder
-
-
-def only(recorder: RequestRecorder, operation: str) -> dict:
-    found = recorder.requests(operation)
-    assert len(found) == 1, f"expected one {operation}, got {len(found)}: {[c['operation'] for c in recorder.calls]}"
-    return found[0]
 
 
 # -- mapping (no AWS at all) ----------------------------------------------------------------------
@@ -283,7 +252,7 @@ def test_transform_then_report_from_its_outputs(aws, tmp_path):
     assert report["missing_outputs"] == ["2/e.jpg"]
 
 
-def test_deploy_invoke_delete(aws, tmp_path, server):
+def test_deploy_invoke_delete(aws, tmp_path, moto_url):
     import boto3
     import requests
 
@@ -304,7 +273,7 @@ def test_deploy_invoke_delete(aws, tmp_path, server):
 
     # invoke: moto answers with what its results API is given (a real endpoint runs inference.py)
     reply = {"count": 3, "probabilities": [0.0, 0.1, 0.2, 0.4, 0.2, 0.1]}
-    requests.post(f"{server}/moto-api/static/sagemaker/endpoint-results", timeout=10, json={
+    requests.post(f"{moto_url}/moto-api/static/sagemaker/endpoint-results", timeout=10, json={
         "account_id": "123456789012", "region": REGION,
         "results": [{"Body": json.dumps(reply), "ContentType": "application/json"}]})
     image = tmp_path / "bin.jpg"

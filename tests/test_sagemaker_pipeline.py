@@ -7,7 +7,6 @@ gate's conditions are evaluated on the evaluation.json that the evaluate step's 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -23,10 +22,7 @@ from src.cloud.launcher import compose_launch_config, run_action
 from src.cloud.recorder import RequestRecorder
 from src.cloud.settings import LaunchConfigError
 from src.cloud.staging import stage_source
-
-if importlib.util.find_spec("sagemaker") is None or importlib.util.find_spec("sagemaker.mlops") is None:
-    pytest.skip("the SageMaker SDK v3 (sagemaker.mlops) is not installed", allow_module_level=True)
-from tests.test_sagemaker_launch import BASE, BUCKET, IMAGE, REGION, ROLE, aws, only, server  # noqa: E402,F401
+from tests.helpers import BASE, BUCKET, IMAGE, REGION, ROLE, aws_env, only
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_TRAIN = ["data.image_size=32", "data.batch_size=8", "data.num_workers=0", "model=resnet18",
@@ -87,16 +83,12 @@ def launch(*overrides: str) -> tuple[dict, RequestRecorder]:
 
 
 @pytest.fixture(scope="module")
-def moto_env(server, tmp_path_factory):  # noqa: F811
+def moto_env(moto_url, tmp_path_factory):
     """Fake credentials, every boto client routed to moto's server, SDK telemetry off, the bucket."""
     import boto3
 
-    opt_out = tmp_path_factory.mktemp("sdk") / "sagemaker-config.yaml"
-    opt_out.write_text("SchemaVersion: '1.0'\nSageMaker:\n  PythonSDK:\n    Modules:\n      TelemetryOptOut: true\n")
     with pytest.MonkeyPatch.context() as mp:
-        for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                           "AWS_DEFAULT_REGION": REGION, "AWS_ENDPOINT_URL": server,
-                           "SAGEMAKER_VALIDATE_ROLE": "false", "SAGEMAKER_USER_CONFIG_OVERRIDE": str(opt_out)}.items():
+        for key, value in aws_env(moto_url, tmp_path_factory.mktemp("sdk")).items():
             mp.setenv(key, value)
         mp.delenv("AWS_PROFILE", raising=False)
         s3 = boto3.client("s3", region_name=REGION)
@@ -312,7 +304,7 @@ def test_dry_run_prints_the_definition_and_calls_nothing(ids_file, capsys, monke
 
 
 def test_container_arguments_compose_into_valid_hydra_configs(definition, tmp_path):
-    from tests.conftest import compose_cfg
+    from tests.helpers import compose_cfg
 
     steps = all_steps(definition["Steps"])
     prepare = compose_cfg("prepare", steps["Prepare"]["Arguments"]["AppSpecification"]["ContainerArguments"])
@@ -473,7 +465,7 @@ def run_script(code: Path, script: str, args: list[str], env: dict | None = None
 def test_each_step_command_runs_in_its_container_layout(definition, tmp_path):
     from src.cloud.entry import run as train_entry
     from src.data.synthetic import make_bucket
-    from tests.test_sagemaker_entry import argv as hp_argv
+    from tests.helpers import hyperparameter_argv as hp_argv
 
     steps = all_steps(definition["Steps"])
     code = stage_source(tmp_path / "code")  # the source bundle runproc.sh unpacks
