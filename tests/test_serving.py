@@ -285,7 +285,7 @@ def test_handler_rejects_bad_requests(predictor):
     cases = [
         (lambda: decode_request(jpeg, "text/plain"), 415, "Unsupported content type"),
         (lambda: decode_request(b"not an image", "image/jpeg"), 400, "Could not decode"),
-        (lambda: decode_request(jpeg[: len(jpeg) // 2], "image/jpeg"), 400, "Could not decode"),
+        (lambda: predict_fn(decode_request(jpeg[: len(jpeg) // 2], "image/jpeg"), predictor), 400, "Could not decode"),  # header fine: fails at decoding
         (lambda: decode_request(image_bytes(4, "GIF"), "image/jpeg"), 400, "JPEG or PNG"),
         (lambda: decode_request(b"", "image/png"), 400, "Empty image"),
         (lambda: decode_request(big.getvalue(), "image/png"), 400, "exceeds the limit"),
@@ -295,12 +295,14 @@ def test_handler_rejects_bad_requests(predictor):
         (lambda: decode_request(json.dumps({"image": "%%%"}), "application/json"), 400, "not valid base64"),
         (lambda: decode_request("{nope", "application/json"), 400, "invalid JSON"),
         (lambda: decode_request(json.dumps({"url": "x"}), "application/json"), 400, "expected"),
-        (lambda: decode_request(json.dumps([b64(jpeg)]), "application/jsonlines"), 400, "one image per line"),
         (lambda: output_fn(predict_fn(decode_request(jpeg, "image/jpeg"), predictor), "text/csv"), 406, "Cannot answer"),
     ]
     for call, status, message in cases:
         got_status, detail = _status(call)
         assert (got_status, message in detail) == (status, True), (status, message, detail)
+    # JSON lines answer a bad line in its place instead of failing the whole request.
+    [line] = predict_fn(decode_request(json.dumps([b64(jpeg)]), "application/jsonlines"), predictor).results
+    assert line == {"error": "line 1: JSON lines carry one image per line", "status": 400}
 
 
 def test_model_fn_loads_the_artifact(artifact):
