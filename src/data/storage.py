@@ -174,6 +174,24 @@ def open_store(uri: str | os.PathLike, unsigned: bool | str = "auto", max_pool_c
     return LocalStore(uri)
 
 
+def check_writable(uri: str | os.PathLike, setting: str = "output") -> None:
+    """Create local folder ``uri`` if needed and write a probe file in it; one-line ``PermissionError``
+    naming the setting otherwise (an S3 prefix is checked by its first write)."""
+    if is_s3(uri):
+        return
+    folder = Path(uri)
+    probe = folder / f".write-probe{TMP_MARK}{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(
+            f"cannot write to {setting}={uri} ({err.strerror or err}); pass {setting}=<a writable folder or "
+            "s3://bucket/prefix>, or fix the folder's permissions"
+        ) from None
+
+
 def read_uri(uri: str | os.PathLike, unsigned: bool | str = "auto") -> bytes:
     """The bytes of one local file or S3 object (e.g. an ids list)."""
     if is_s3(uri):

@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from src.data.datamodule import check_data_folder
 from src.training.health import TrainingHealth
 from src.utils.config import instantiate_group, write_metrics
 
@@ -30,6 +31,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
 
+    needed = (("train", "val") if cfg.get("train", True) else ()) + (("test",) if cfg.get("test", True) else ())
+    check_data_folder(cfg.data.data_dir, needed, cfg.data.get("generator"), cfg.data.get("prepare"))  # before downloads
     model: pl.LightningModule = instantiate(cfg.model)
     datamodule: pl.LightningDataModule = (
         feature_datamodule(cfg, model) if cfg.data.get("feature_cache") else instantiate(cfg.data)
