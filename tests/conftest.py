@@ -65,3 +65,18 @@ def shared_abid() -> Path:
     if not (SHARED_ABID / "metadata").is_dir():
         pytest.skip(f"real ABID sample not found at {SHARED_ABID} (only present on the team's machines)")
     return SHARED_ABID
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tmp_path_factory) -> Path:
+    """A model artifact of a random ResNet-18 (64 px input, sharpened head so counts differ clearly)."""
+    import torch
+
+    from src.inference.artifact import export_artifact
+    from src.models.backbones import CountNet
+
+    torch.manual_seed(0)
+    net = CountNet("resnet18", weights=None, num_classes=6).eval()
+    with torch.no_grad():
+        net.head[-1].weight.mul_(30.0)
+    return export_artifact(net, 64, "argmax", tmp_path_factory.mktemp("tiny_artifact") / "model", tarball=False)

@@ -388,12 +388,11 @@ def predict_batch(batch: Batch, model: CountPredictor, batch_size: int = MAX_BAT
     for start in range(0, len(todo), batch_size):
         tensors, rows = [], []
         for i in todo[start:start + batch_size]:
-            try:
-                image = decode_image(records[i].data)
+            try:  # the full-size image lives only until it is resized: one at a time
+                tensors.append(model.transform(decode_image(records[i].data)))
             except RequestError as err:
                 fail(i, err)
                 continue
-            tensors.append(model.transform(image))
             records[i].data = None  # the bytes are no longer needed
             rows.append(i)
         if rows:
