@@ -72,7 +72,7 @@ def walk_files(start: str | os.PathLike, suffixes: tuple[str, ...] | None = None
                     out.skipped.append((path, "dangling symlink"))
                     continue
                 if not _inside(target, real_root):
-                    out.skipped.append((path, f"symlink to {target}, outside {real_root}"))
+                    out.skipped.append((path, f"symlink to {target}, outside {real_root}: copy or hard-link it in"))
                     continue
             try:
                 info = entry.stat(follow_symlinks=True)

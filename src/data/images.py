@@ -72,7 +72,7 @@ class CountFolder(ImageFolder):
             log.warning("No images for count(s) %s in %s", ", ".join(empty), root)
         if self.skipped:
             log.warning(
-                "Skipped %d file(s) in %s, e.g. %s (%s)",
+                "Skipped %d unreadable image(s) in %s, e.g. %s (%s)",
                 len(self.skipped), root, *self.skipped[0],
             )
 
