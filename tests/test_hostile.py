@@ -193,6 +193,21 @@ def test_expected_quantity_from_header_query_and_json(client):
     ]:
         r = client.post(f"/invocations{query}", content=jpeg, headers={"content-type": "image/jpeg", **headers})
         assert r.status_code == 400 and fragment in r.json()["error"], (headers, query, r.text)
+    # SageMaker's InvokeEndpoint forwards CustomAttributes only: "expected_quantity=5" there works too.
+    r = client.post("/invocations", content=jpeg, headers={
+        "content-type": "image/jpeg", "X-Amzn-SageMaker-Custom-Attributes": "trace=1;expected_quantity=5"})
+    assert r.json()["predictions"][0]["expected_quantity"] == 5
+
+    class ToolkitContext:  # the inference toolkit's context, as input_fn receives it
+        class request_processor_item:
+            @staticmethod
+            def get_request_properties():
+                return {"X-Amzn-SageMaker-Custom-Attributes": "expected_quantity=1", "Content-Type": "image/jpeg"}
+
+        request_processor = [request_processor_item]
+
+    batch = handler.input_fn(jpeg, "image/jpeg", ToolkitContext())
+    assert [r.expected for r in batch.records] == [1]
     r = client.post("/invocations", json={"image": b64(jpeg), "expected_quantity": True})
     assert r.status_code == 400 and "non-negative integer" in r.json()["error"]
     r = client.post("/invocations", json={"image": b64(jpeg)}, headers={"X-Expected-Quantity": "1"})

@@ -26,13 +26,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from src.inference.predictor import CountPredictor
 from src.serving.handler import (
-    EXPECTED_HEADER,
     JSONLINES_TYPES,
     PayloadTooLarge,
     RequestError,
     RequestTimeout,
     choose_accept,
     decode_request,
+    expected_from_request,
     media_type,
     output_fn,
     predict_fn,
@@ -115,7 +115,7 @@ def create_app(
         content_type = request.headers.get("content-type")
         accept = request.headers.get("accept")
         choose_accept(accept, media_type(content_type) in JSONLINES_TYPES)  # a 406 before any work
-        expected = request.headers.get(EXPECTED_HEADER, request.query_params.get("expected_quantity"))
+        expected = expected_from_request(request.headers, request.query_params.get("expected_quantity"))
         body = await read_body(request, limits.max_body_bytes, body_timeout_s)
 
         def handle() -> tuple[str, str]:

@@ -47,6 +47,8 @@ ACCEPT_TYPES = (JSON_TYPE, *JSONLINES_TYPES)
 IMAGE_FORMATS = ("JPEG", "PNG")
 MAX_ID_CHARS = 256
 EXPECTED_HEADER = "X-Expected-Quantity"
+# InvokeEndpoint forwards no custom header but this one: CustomAttributes="expected_quantity=3".
+CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
 
 try:  # inside the SageMaker container, its toolkit turns these into HTTP status codes
     from sagemaker_inference.errors import BaseInferenceToolkitError as _ToolkitError
@@ -190,6 +192,20 @@ def parse_expected(value: Any, where: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         shown = value if len(repr(value)) <= 40 else f"{repr(value)[:40]}..."
         raise BadRequest(f"{where}: expected_quantity must be a non-negative integer, got {shown!r}")
+    return value
+
+
+def expected_from_request(headers: Any, query: str | None = None) -> str | None:
+    """The raw expected quantity of a raw-image request: the ``X-Expected-Quantity`` header, else
+    ``?expected_quantity=``, else ``expected_quantity=N`` in SageMaker's CustomAttributes header.
+    ``headers`` is any mapping; names are matched case-insensitively."""
+    lowered = {str(k).lower(): (v.decode() if isinstance(v, bytes) else v) for k, v in dict(headers or {}).items()}
+    value = lowered.get(EXPECTED_HEADER.lower(), query)
+    if value is None and CUSTOM_ATTRIBUTES_HEADER.lower() in lowered:
+        for item in re.split(r"[;,]", str(lowered[CUSTOM_ATTRIBUTES_HEADER.lower()])):
+            key, _, raw = item.partition("=")
+            if key.strip() == "expected_quantity":
+                value = raw.strip()
     return value
 
 
@@ -418,10 +434,20 @@ def model_fn(model_dir: str, context: Any = None) -> CountPredictor:
     return load_checked(model_dir, backend=os.environ.get("BINCOUNT_BACKEND", "torch"), device=device)
 
 
+def _toolkit_headers(context: Any) -> dict:
+    """The request's headers as the SageMaker inference toolkit's context holds them, if any."""
+    try:
+        return dict(context.request_processor[0].get_request_properties())
+    except (AttributeError, IndexError, KeyError, TypeError):
+        return {}
+
+
 def input_fn(request_body: bytes, request_content_type: str, context: Any = None) -> Batch:
     """Limits come from ``BINCOUNT_MAX_PIXELS``, ``BINCOUNT_MAX_BODY_BYTES``, ``BINCOUNT_MAX_IMAGES``,
-    ``BINCOUNT_MAX_REQUEST_PIXELS`` when set."""
-    return decode_request(request_body, request_content_type, limits=Limits.from_env())
+    ``BINCOUNT_MAX_REQUEST_PIXELS`` when set; an expected quantity for a raw image from the
+    request's CustomAttributes (``expected_quantity=3``) or ``X-Expected-Quantity``."""
+    expected = expected_from_request(_toolkit_headers(context)) if media_type(request_content_type) in IMAGE_TYPES else None
+    return decode_request(request_body, request_content_type, limits=Limits.from_env(), expected_quantity=expected)
 
 
 def predict_fn(input_data: Batch, model: CountPredictor, context: Any = None) -> Prediction:
