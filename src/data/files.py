@@ -1,7 +1,8 @@
 """Walking a folder of inputs safely: evaluation, predict.py and prepare's local source use it.
 
 Symlinks are followed only while they stay inside the given root, each directory is entered once
-(a link back to a parent cannot loop), each file is taken once, and only regular files are taken
+(a link back to a parent cannot loop), a symlink to a file already taken is not taken again, and
+only regular files are taken
 (a FIFO named ``x.jpg`` would block a reader forever). Every entry left out that looks like an
 input is reported with its reason, so nothing is dropped silently.
 """
@@ -85,10 +86,10 @@ def walk_files(start: str | os.PathLike, suffixes: tuple[str, ...] | None = None
                 continue
             elif not stat.S_ISREG(info.st_mode):
                 out.skipped.append((path, _kind(info.st_mode)))
-            elif (info.st_dev, info.st_ino) in seen_files:
+            elif link and (info.st_dev, info.st_ino) in seen_files:  # hard links are files of their own
                 out.skipped.append((path, f"same file as {seen_files[(info.st_dev, info.st_ino)]}"))
             else:
-                seen_files[(info.st_dev, info.st_ino)] = path
+                seen_files.setdefault((info.st_dev, info.st_ino), path)
                 out.files.append(path)
         todo.extend(reversed(subdirs))
     out.files.sort()
