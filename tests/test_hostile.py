@@ -208,6 +208,8 @@ def test_expected_quantity_from_header_query_and_json(client):
 
     batch = handler.input_fn(jpeg, "image/jpeg", ToolkitContext())
     assert [r.expected for r in batch.records] == [1]
+    ToolkitContext.request_processor_item.get_request_properties = staticmethod(lambda: {"Accept": "text/csv"})
+    assert raise_status(lambda: handler.input_fn(jpeg, "image/jpeg", ToolkitContext()))[0] == 406
     r = client.post("/invocations", json={"image": b64(jpeg), "expected_quantity": True})
     assert r.status_code == 400 and "non-negative integer" in r.json()["error"]
     r = client.post("/invocations", json={"image": b64(jpeg)}, headers={"X-Expected-Quantity": "1"})

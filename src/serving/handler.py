@@ -437,16 +437,21 @@ def model_fn(model_dir: str, context: Any = None) -> CountPredictor:
 def _toolkit_headers(context: Any) -> dict:
     """The request's headers as the SageMaker inference toolkit's context holds them, if any."""
     try:
-        return dict(context.request_processor[0].get_request_properties())
+        props = dict(context.request_processor[0].get_request_properties())
     except (AttributeError, IndexError, KeyError, TypeError):
         return {}
+    text = lambda v: v.decode("latin-1") if isinstance(v, bytes) else str(v)  # noqa: E731
+    return {text(k): text(v) for k, v in props.items()}
 
 
 def input_fn(request_body: bytes, request_content_type: str, context: Any = None) -> Batch:
     """Limits come from ``BINCOUNT_MAX_PIXELS``, ``BINCOUNT_MAX_BODY_BYTES``, ``BINCOUNT_MAX_IMAGES``,
     ``BINCOUNT_MAX_REQUEST_PIXELS`` when set; an expected quantity for a raw image from the
     request's CustomAttributes (``expected_quantity=3``) or ``X-Expected-Quantity``."""
-    expected = expected_from_request(_toolkit_headers(context)) if media_type(request_content_type) in IMAGE_TYPES else None
+    headers = {k.lower(): v for k, v in _toolkit_headers(context).items()}  # HTTP names ignore case
+    if headers.get("accept"):  # a 406 before any decoding, as in the HTTP app
+        choose_accept(headers["accept"], media_type(request_content_type) in JSONLINES_TYPES)
+    expected = expected_from_request(headers) if media_type(request_content_type) in IMAGE_TYPES else None
     return decode_request(request_body, request_content_type, limits=Limits.from_env(), expected_quantity=expected)
 
 
