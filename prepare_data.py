@@ -20,11 +20,14 @@ def main(cfg: DictConfig) -> None:
     from botocore.exceptions import BotoCoreError, ClientError
 
     from src.data.prepare import NothingUsable, prepare
+    from src.data.storage import check_writable
 
     settings = OmegaConf.to_container(cfg, resolve=True)
     try:
+        if not settings["dry_run"]:
+            check_writable(settings["output"])  # before reading thousands of metadata files
         prepare(**{k: settings[k] for k in SETTINGS})
-    except (NothingUsable, FileNotFoundError, ValueError, BotoCoreError, ClientError) as err:
+    except (NothingUsable, FileNotFoundError, PermissionError, ValueError, BotoCoreError, ClientError) as err:
         log.error("%s", err)
         sys.exit(f"prepare_data: {err}")
 

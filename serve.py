@@ -1,4 +1,10 @@
-"""Serve a model artifact: `python serve.py model_dir=<run>/model [backend=onnx] [port=8080]`."""
+"""Serve a model artifact: `python serve.py model_dir=<run>/model [backend=onnx] [port=8080]`.
+
+The artifact is validated at start-up (config, weights, one forward pass): a broken one exits with
+status 1 and one line on stderr instead of serving errors. Limits and timeouts: configs/serve.yaml.
+"""
+
+import sys
 
 import hydra
 from omegaconf import DictConfig
@@ -10,14 +16,21 @@ import src  # noqa: F401  (sets PROJECT_ROOT for the configs)
 def main(cfg: DictConfig) -> None:
     import torch
 
-    from src.inference.predictor import CountPredictor
     from src.serving.app import create_app, run
+    from src.serving.limits import Limits
+    from src.serving.startup import StartupError, load_checked
 
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
-    predictor = CountPredictor.from_model_dir(cfg.model_dir, backend=cfg.backend)  # loaded once
-    app = create_app(predictor, max_body_bytes=cfg.max_body_bytes, max_pixels=cfg.max_pixels)
-    run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level)
+    try:
+        limits = Limits(**{k: cfg[k] for k in ("max_body_bytes", "max_pixels", "max_images", "max_request_pixels")})
+        predictor = load_checked(cfg.model_dir, backend=cfg.backend)  # loaded once, checked on a blank image
+    except (StartupError, ValueError) as err:
+        sys.exit(f"serve: {err}")
+    app = create_app(predictor, limits=limits, body_timeout_s=cfg.body_timeout_s, workers=cfg.workers, check=False)
+    run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level, timeout_keep_alive=cfg.timeout_keep_alive,
+        header_timeout_s=cfg.header_timeout_s, max_header_bytes=cfg.max_header_bytes,
+        limit_concurrency=cfg.limit_concurrency)
 
 
 if __name__ == "__main__":

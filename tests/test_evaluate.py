@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -141,14 +142,15 @@ def test_evaluate_default_eval_dir_is_the_prepared_test_split():
 
 
 def abid_folder(shared_abid: Path, dest: Path, per_class: int = 3) -> Path:
-    """A 0..5 folder of real ABID images, symlinked from the shared sample via its metadata."""
+    """A 0..5 folder of real ABID images, copied from the shared sample via its metadata (copies,
+    not symlinks: evaluation never follows a link out of its folder)."""
     picked = {c: 0 for c in range(6)}
     for meta in sorted((shared_abid / "metadata").glob("*.json")):
         count = json.loads(meta.read_text()).get("EXPECTED_QUANTITY")
         image = shared_abid / "bin-images" / f"{meta.stem}.jpg"
         if count in picked and picked[count] < per_class and image.is_file():
             (dest / str(count)).mkdir(parents=True, exist_ok=True)
-            (dest / str(count) / image.name).symlink_to(image)
+            shutil.copyfile(image, dest / str(count) / image.name)
             picked[count] += 1
         if all(v == per_class for v in picked.values()):
             break

@@ -222,7 +222,7 @@ def test_handler_rejects_bad_requests(predictor):
     cases = [
         (lambda: decode_request(jpeg, "text/plain"), 415, "Unsupported content type"),
         (lambda: decode_request(b"not an image", "image/jpeg"), 400, "Could not decode"),
-        (lambda: decode_request(jpeg[: len(jpeg) // 2], "image/jpeg"), 400, "Could not decode"),
+        (lambda: predict_fn(decode_request(jpeg[: len(jpeg) // 2], "image/jpeg"), predictor), 400, "Could not decode"),  # header fine: fails at decoding
         (lambda: decode_request(image_bytes(4, "GIF"), "image/jpeg"), 400, "JPEG or PNG"),
         (lambda: decode_request(b"", "image/png"), 400, "Empty image"),
         (lambda: decode_request(big.getvalue(), "image/png"), 400, "exceeds the limit"),
@@ -232,12 +232,14 @@ def test_handler_rejects_bad_requests(predictor):
         (lambda: decode_request(json.dumps({"image": "%%%"}), "application/json"), 400, "not valid base64"),
         (lambda: decode_request("{nope", "application/json"), 400, "invalid JSON"),
         (lambda: decode_request(json.dumps({"url": "x"}), "application/json"), 400, "expected"),
-        (lambda: decode_request(json.dumps([b64(jpeg)]), "application/jsonlines"), 400, "one image per line"),
         (lambda: output_fn(predict_fn(decode_request(jpeg, "image/jpeg"), predictor), "text/csv"), 406, "Cannot answer"),
     ]
     for call, status, message in cases:
         got_status, detail = _status(call)
         assert (got_status, message in detail) == (status, True), (status, message, detail)
+    # JSON lines answer a bad line in its place instead of failing the whole request.
+    [line] = predict_fn(decode_request(json.dumps([b64(jpeg)]), "application/jsonlines"), predictor).results
+    assert line == {"error": "line 1: JSON lines carry one image per line", "status": 400}
 
 
 def test_model_fn_loads_the_artifact(artifact):
@@ -297,33 +299,50 @@ def test_app_bad_requests_get_json_errors_and_serving_continues(client):
 
 
 def test_real_server_under_concurrent_load(predictor):
-    """uvicorn on 127.0.0.1: 8 clients send 200 requests in all, with bad ones mixed in."""
+    """uvicorn on 127.0.0.1: 8 clients send 200 requests in all, with bad ones mixed in: junk (400),
+    requests over the image limit (413) and JSON lines with one bad line (200, an error in its place)."""
     from src.serving.app import serve_in_background
+    from src.serving.limits import Limits
 
     images = [image_bytes(100 + i) for i in range(8)]
     expected = [predictor.predict([Image.open(io.BytesIO(im)).convert("RGB")])[0]["count"] for im in images]
 
-    def client_loop(worker: int) -> list[tuple[int, int, object]]:
+    def client_loop(worker: int) -> list[tuple[str, int, int, object]]:
         out = []
         with httpx.Client(base_url=base, timeout=60) as http:
             for i in range(25):  # 8 x 25 = 200 requests
                 k = (worker + i) % len(images)
                 if i % 10 == 9:  # a bad request now and then
                     r = http.post("/invocations", content=b"junk", headers={"content-type": "image/jpeg"})
-                    out.append((k, r.status_code, None))
-                    continue
-                r = http.post("/invocations", content=images[k], headers={"content-type": "image/jpeg"})
-                out.append((k, r.status_code, r.json()["predictions"][0]["count"] if r.status_code == 200 else r.text))
+                    out.append(("junk", k, r.status_code, None))
+                elif i % 10 == 4:  # one image over the limit of 4 per request
+                    r = http.post("/invocations", json={"images": [b64(images[k])] * 5})
+                    out.append(("too_many", k, r.status_code, r.json()["error"]))
+                elif i % 10 == 6:  # JSON lines: good, bad, good
+                    lines = [{"id": 1, "image": b64(images[k])}, {"id": 2, "image": "%%%"}, {"id": 3, "image": b64(images[k])}]
+                    r = http.post("/invocations", content="".join(json.dumps(x) + "\n" for x in lines),
+                                  headers={"content-type": "application/jsonlines"})
+                    out.append(("lines", k, r.status_code, [json.loads(x) for x in r.text.splitlines()]))
+                else:
+                    r = http.post("/invocations", content=images[k], headers={"content-type": "image/jpeg"})
+                    out.append(("good", k, r.status_code, r.json()["predictions"][0]["count"] if r.status_code == 200 else r.text))
         return out
 
-    with serve_in_background(create_app(predictor)) as base:
+    with serve_in_background(create_app(predictor, limits=Limits(max_images=4))) as base:
         with ThreadPoolExecutor(8) as pool:
             results = [item for chunk in pool.map(client_loop, range(8)) for item in chunk]
         assert len(results) == 200
-        good = [(k, s, c) for k, s, c in results if c is not None]
-        assert len(good) == 184 and all(s == 200 for _, s, _ in good), [g for g in good if g[1] != 200][:3]
-        assert all(c == expected[k] for k, _, c in good)
-        assert sorted({s for _, s, c in results if c is None}) == [400]
+        by_kind = {kind: [r for r in results if r[0] == kind] for kind in ("good", "junk", "too_many", "lines")}
+        assert [len(v) for v in by_kind.values()] == [144, 16, 24, 16]
+        assert all(s == 200 for _, _, s, _ in by_kind["good"]), [g for g in by_kind["good"] if g[2] != 200][:3]
+        assert all(c == expected[k] for _, k, _, c in by_kind["good"])
+        assert {s for _, _, s, _ in by_kind["junk"]} == {400}
+        assert {s for _, _, s, _ in by_kind["too_many"]} == {413}
+        assert all("5 images" in e and "4 per request" in e for _, _, _, e in by_kind["too_many"])
+        for _, k, status, rows in by_kind["lines"]:
+            assert status == 200 and [r["id"] for r in rows] == [1, 2, 3]
+            assert rows[0]["count"] == rows[2]["count"] == expected[k]
+            assert rows[1]["status"] == 400 and "not valid base64" in rows[1]["error"]
         assert httpx.get(f"{base}/ping").status_code == 200  # still serving
 
 

@@ -23,6 +23,19 @@ PREPARE_HINT = (
 )
 
 
+def check_data_folder(data_dir: str | Path, splits: tuple[str, ...], generator: dict | None = None,
+                      prepare: dict | None = None) -> None:
+    """Fail fast, before anything costly (a weights download), when ``data_dir`` lacks a split the
+    run needs and nothing (``generator``, ``prepare``) would create it."""
+    if generator or prepare:
+        return
+    missing = [s for s in splits if not (Path(data_dir) / s).is_dir()]
+    if missing:
+        raise FileNotFoundError(
+            f"Data folder {data_dir} has no {', '.join(missing)} split(s). " + PREPARE_HINT.format(path=data_dir)
+        )
+
+
 def skip_bad_collate(batch: list):
     """Drop items the dataset could not decode (returned as None) instead of failing the epoch."""
     return default_collate([item for item in batch if item is not None])

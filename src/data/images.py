@@ -1,15 +1,20 @@
-"""Reading bin images safely: a cheap validity check and an ImageFolder that skips bad files."""
+"""Reading bin images safely: a cheap validity check, high-bit-depth conversion, and an
+ImageFolder that walks its folder safely and skips bad files."""
 
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
+from src.data.files import walk_files
 from src.data.layout import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
@@ -25,6 +30,8 @@ def image_problem(path: str | Path) -> str | None:
     extension, and truncated JPEGs (no end-of-image marker).
     """
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # opening a FIFO would block forever
+            return "not a regular file"
         with open(path, "rb") as f:
             head = f.read(8)
             if not head:
@@ -48,13 +55,14 @@ class CountFolder(ImageFolder):
 
     Class folders are ``0..num_classes-1`` whatever subset exists on disk (torchvision would
     otherwise renumber them alphabetically and silently shift labels when a class is missing).
-    Files that fail the validity check are skipped and counted in ``skipped``.
+    Files that fail the validity check, special files and symlinks that leave the folder or loop
+    are skipped and listed in ``skipped`` as (path, reason).
     """
 
     def __init__(self, root: str | Path, num_classes: int = 6, transform: Callable | None = None):
         self.num_classes = num_classes
         self.skipped: list[tuple[str, str]] = []
-        super().__init__(str(root), transform=transform, is_valid_file=self._keep, allow_empty=True)
+        super().__init__(str(root), transform=transform, loader=load_rgb, is_valid_file=self._keep, allow_empty=True)
         for name in sorted(p.name for p in Path(root).iterdir() if p.is_dir()):
             if name not in self.class_to_idx:
                 log.warning("Ignoring folder %s/%s: counts are 0..%d", root, name, num_classes - 1)
@@ -78,6 +86,19 @@ class CountFolder(ImageFolder):
             )
         return classes, {c: i for i, c in enumerate(classes)}
 
+    def make_dataset(self, directory: str, class_to_idx: dict[str, int], extensions=None, is_valid_file=None,
+                     allow_empty: bool = False) -> list[tuple[str, int]]:
+        """Like ImageFolder's, but through ``walk_files``: symlinks stay inside ``directory`` and
+        never loop, each file counts once, only regular files are opened; the rest is in ``skipped``."""
+        walk = walk_files(directory, IMAGE_EXTENSIONS)
+        self.skipped += [(str(p), why) for p, why in walk.skipped]
+        samples = []
+        for path in walk.files:
+            parts = path.relative_to(directory).parts
+            if len(parts) > 1 and parts[0] in class_to_idx and self._keep(str(path)):
+                samples.append((str(path), class_to_idx[parts[0]]))
+        return samples
+
     def _keep(self, path: str) -> bool:
         if not path.lower().endswith(IMAGE_EXTENSIONS):
             return False
@@ -98,6 +119,23 @@ class CountFolder(ImageFolder):
         return image, target
 
 
+HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL image -> 8-bit RGB. 16-bit samples are scaled (high byte), not clipped: PIL's own
+    conversion saturates them (every non-zero pixel of a 16-bit grey PNG would become 255)."""
+    if image.mode in HIGH_BIT_DEPTH_MODES:
+        # "I" is how PIL may hold a 16-bit PNG's samples; v16 = 257 * v8 maps back to v8 exactly.
+        samples = np.asarray(image)
+        if image.mode == "I":
+            samples = np.clip(samples, 0, 65535)
+        image = Image.fromarray((samples >> 8).astype(np.uint8))  # 2-D uint8: mode L
+    elif image.mode == "F":
+        raise ValueError("32-bit float images are not supported; save the image as 8- or 16-bit PNG or JPEG")
+    return image.convert("RGB")
+
+
 def load_rgb(path: str | Path) -> Image.Image:
     with Image.open(path) as img:
-        return img.convert("RGB")
+        return to_rgb(img)

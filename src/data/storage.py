@@ -9,9 +9,14 @@ describes (``aws s3 ls --no-sign-request s3://aft-vbi-pds/``).
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from pathlib import Path
+
+from src.data.files import walk_files
+
+log = logging.getLogger(__name__)
 
 PUBLIC_BUCKETS = frozenset({"aft-vbi-pds"})
 TMP_MARK = ".tmp-"
@@ -58,6 +63,7 @@ class LocalStore:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self.uri = str(self.root)
+        self.skipped: list[tuple[str, str]] = []  # (key, reason) of entries the last list() left out
 
     def path(self, key: str) -> Path:
         return self.root / key
@@ -69,18 +75,24 @@ class LocalStore:
             raise Missing(f"{self.path(key)} not found") from err
 
     def list(self, prefix: str = "") -> dict[str, int]:
-        """Every file under ``prefix`` (recursively) -> size in bytes; temp files left by a killed run excluded."""
+        """Every regular file under ``prefix`` (recursively) -> size in bytes; temp files left by a
+        killed run excluded. Symlinks are followed only inside the root and never into a loop; what
+        is left out (special files, dangling or escaping links) is logged and kept in ``skipped``."""
         out: dict[str, int] = {}
-        for folder, _, files in os.walk(self.path(prefix)):
-            rel = Path(folder).relative_to(self.root).as_posix()
-            for name in files:
-                if TMP_MARK in name:
-                    continue
-                key = name if rel == "." else f"{rel}/{name}"
-                try:
-                    out[key] = os.stat(os.path.join(folder, name)).st_size
-                except FileNotFoundError:  # removed while listing
-                    continue
+        start = self.path(prefix)
+        if not start.is_dir():
+            return out
+        walk = walk_files(start, root=self.root)
+        self.skipped = [(p.relative_to(self.root).as_posix(), why) for p, why in walk.skipped]
+        for key, why in self.skipped:
+            log.warning("Skipping %s in %s: %s", key, self.root, why)
+        for path in walk.files:
+            if TMP_MARK in path.name:
+                continue
+            try:
+                out[path.relative_to(self.root).as_posix()] = path.stat().st_size
+            except FileNotFoundError:  # removed while listing
+                continue
         return out
 
     def write(self, key: str, data: bytes) -> None:
@@ -160,6 +172,24 @@ def open_store(uri: str | os.PathLike, unsigned: bool | str = "auto", max_pool_c
     if is_s3(uri):
         return S3Store(str(uri), unsigned, max_pool_connections)
     return LocalStore(uri)
+
+
+def check_writable(uri: str | os.PathLike, setting: str = "output") -> None:
+    """Create local folder ``uri`` if needed and write a probe file in it; one-line ``PermissionError``
+    naming the setting otherwise (an S3 prefix is checked by its first write)."""
+    if is_s3(uri):
+        return
+    folder = Path(uri)
+    probe = folder / f".write-probe{TMP_MARK}{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(
+            f"cannot write to {setting}={uri} ({err.strerror or err}); pass {setting}=<a writable folder or "
+            "s3://bucket/prefix>, or fix the folder's permissions"
+        ) from None
 
 
 def read_uri(uri: str | os.PathLike, unsigned: bool | str = "auto") -> bytes:

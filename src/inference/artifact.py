@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import pickle
 import shutil
 import tarfile
 from pathlib import Path
@@ -159,6 +160,59 @@ def write_tarball(model_dir: str | Path) -> Path:
     return path
 
 
+class ArtifactError(ValueError):
+    """A model artifact that cannot serve: the message is one line naming the problem and the fix."""
+
+
+REEXPORT = "re-export the artifact (python export.py <checkpoint> --out <dir>)"
+
+
+def validate_config(config: Any, path: str | Path) -> dict[str, Any]:
+    """Check everything serving relies on in ``model_config.json``; raise ``ArtifactError`` otherwise.
+
+    Serving applies ``src.data.transforms.eval_transform`` and ``src.models.counting``, so an
+    artifact that expects another preprocessing or an unknown decision rule is refused.
+    """
+    from src.models.backbones import BACKBONES
+
+    def bad(detail: str) -> ArtifactError:
+        return ArtifactError(f"{path}: {detail}; {REEXPORT}")
+
+    if not isinstance(config, dict):
+        raise bad(f"expected a JSON object, got {type(config).__name__}")
+    net = config.get("net")
+    if not isinstance(net, dict):
+        raise bad('no "net" (the network spec, e.g. {"name": "resnet50", "num_classes": 6})')
+    if net.get("name") not in BACKBONES:
+        raise bad(f"net.name={net.get('name')!r} is not a known backbone ({', '.join(sorted(BACKBONES))})")
+    num_classes = net.get("num_classes")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise bad(f"net.num_classes={num_classes!r} must be an integer >= 2")
+    size = config.get("image_size")
+    if isinstance(size, bool) or not isinstance(size, int) or not 16 <= size <= 4096:
+        raise bad(f"image_size={size!r} must be an integer in 16..4096")
+    rule = config.get("decision_rule", "argmax")
+    if rule not in DECISION_RULES:
+        raise bad(f"decision_rule={rule!r} is unknown; valid: {', '.join(DECISION_RULES)}")
+    classes = config.get("classes")
+    if not isinstance(classes, list) or len(classes) != num_classes:
+        raise bad(f"classes={classes!r} must list the network's {num_classes} classes")
+    prep = config.get("preprocessing", {})
+    if not isinstance(prep, dict):
+        raise bad(f"preprocessing={prep!r} must be an object")
+    expected = {"resize": [size] * 2, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    for key, value in expected.items():
+        if key not in prep:
+            continue
+        try:
+            same = [round(float(v), 6) for v in prep[key]] == [round(float(v), 6) for v in value]
+        except (TypeError, ValueError):
+            same = False
+        if not same:
+            raise bad(f"preprocessing.{key}={prep[key]} differs from this code's {value}")
+    return config
+
+
 def read_config(model_dir: str | Path) -> dict[str, Any]:
     model_dir = Path(model_dir)
     path = model_dir / CONFIG_FILE
@@ -167,14 +221,11 @@ def read_config(model_dir: str | Path) -> dict[str, Any]:
             f"{path} not found: {model_dir} is not a model artifact. Train with train.py (writes "
             "<run>/model) or export a checkpoint with `python export.py <ckpt> --out <dir>`."
         )
-    config = json.loads(path.read_text())
-    prep = config.get("preprocessing", {})
-    # Serving applies src.data.transforms.eval_transform; refuse an artifact that expects otherwise.
-    expected = {"resize": [config["image_size"]] * 2, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
-    for key, value in expected.items():
-        if key in prep and [round(float(v), 6) for v in prep[key]] != [round(float(v), 6) for v in value]:
-            raise ValueError(f"{path}: preprocessing.{key}={prep[key]} differs from this code's {value}")
-    return config
+    try:
+        config = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ArtifactError(f"{path} is not valid JSON ({err}); {REEXPORT}") from None
+    return validate_config(config, path)
 
 
 def load_artifact(model_dir: str | Path) -> tuple[CountNet, dict[str, Any]]:
@@ -184,10 +235,16 @@ def load_artifact(model_dir: str | Path) -> tuple[CountNet, dict[str, Any]]:
     spec = config["net"]
     net = CountNet(name=spec["name"], weights=None, num_classes=spec["num_classes"], dropout=spec.get("dropout", 0.0))
     weights = model_dir / WEIGHTS_FILE
+    if not weights.is_file() or weights.stat().st_size == 0:
+        raise ArtifactError(f"{weights} is {'empty' if weights.is_file() else 'missing'}; {REEXPORT}")
     expected = config.get("weights_sha256")  # absent in artifacts written before it was recorded
     if expected and file_sha256(weights) != expected:
         raise ValueError(f"{weights} does not match the weights_sha256 in {CONFIG_FILE}: the file is corrupt "
                          "or from another model; re-export the artifact (python export.py)")
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    net.load_state_dict(state)
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        net.load_state_dict(state)
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, KeyError, pickle.UnpicklingError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ArtifactError(f"{weights} does not load into {spec['name']} ({first[:300]}); {REEXPORT}") from None
     return net.eval(), config

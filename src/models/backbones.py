@@ -32,6 +32,10 @@ def _imagenet_classifier_in_features(model: nn.Module, attr: str) -> int:
     return linears[0].in_features
 
 
+class WeightsUnavailable(RuntimeError):
+    """Pretrained weights could not be obtained; the message names the fixes."""
+
+
 def _load_weights(model: nn.Module, name: str, weights: str | None) -> None:
     """``weights`` is None (random init), a torchvision weights name, or a local file."""
     if weights is None:
@@ -52,7 +56,17 @@ def _load_weights(model: nn.Module, name: str, weights: str | None) -> None:
         valid = ", ".join(["DEFAULT"] + [w.name for w in enum])
         raise ValueError(f"Unknown weights {weights!r} for {name}; valid: {valid}, null or a file path") from None
     # Downloads to $TORCH_HOME/hub/checkpoints on first use (a file already there is used offline).
-    model.load_state_dict(choice.get_state_dict(progress=False, check_hash=True))
+    try:
+        state = choice.get_state_dict(progress=False, check_hash=True)
+    except (OSError, RuntimeError) as err:  # URLError (offline) is an OSError; a bad hash a RuntimeError
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(choice.url).name
+        reason = getattr(err, "reason", None) or (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise WeightsUnavailable(
+            f"Could not get the ImageNet weights {name}.{choice.name} ({reason}). Fixes: connect to the network; "
+            f"or put the file {cached.name} at {cached} (torchvision uses it offline); "
+            "or train from random weights with model.net.weights=null"
+        ) from None
+    model.load_state_dict(state)
 
 
 class CountNet(nn.Module):

@@ -1,13 +1,16 @@
 """The SageMaker serving contract over HTTP (``GET /ping``, ``POST /invocations``) with FastAPI.
 
 The app wraps the very handler functions the SageMaker container calls, with a model loaded once
-when the app is built. Bodies are read in chunks and refused past ``max_body_bytes`` (whatever
-Content-Length claims); decoding and inference run in the thread pool, so requests are served
-concurrently; every error is a JSON body ``{"error": ..., "status": ...}``.
+and checked (one forward pass) when the app is built. Bodies are read in chunks, refused past
+``max_body_bytes`` (whatever Content-Length claims) and past ``body_timeout_s``; the response type
+is decided before any work; decoding and inference run in a pool of ``workers`` threads; every
+error is a JSON body ``{"error": ..., "status": ...}``. Limits: ``src.serving.limits``, timeouts:
+``run``'s settings; docs/serving_limits.md.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import threading
@@ -16,23 +19,29 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from src.inference.predictor import CountPredictor
 from src.serving.handler import (
-    DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_MAX_PIXELS,
+    JSONLINES_TYPES,
     PayloadTooLarge,
     RequestError,
+    RequestTimeout,
+    choose_accept,
     decode_request,
+    expected_from_request,
+    media_type,
     output_fn,
     predict_fn,
 )
+from src.serving.limits import Limits
+from src.serving.protocol import guarded_h11
+from src.serving.startup import check_predictor
 
 log = logging.getLogger(__name__)
 
@@ -43,26 +52,46 @@ def error_response(status: int, detail: str) -> JSONResponse:
     return JSONResponse({"error": detail, "status": status}, status_code=status)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, timeout_s: float | None = None) -> bytes:
+    """The body, refused past ``limit`` bytes (413) or when it takes over ``timeout_s`` (408)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"Request body of {int(declared):,} bytes exceeds the limit of {limit:,} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"Request body exceeds the limit of {limit:,} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"Request body exceeds the limit of {limit:,} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(f"The request body did not arrive within {timeout_s:g} s "
+                             f"({size:,} bytes received); send it at once") from None
     return b"".join(chunks)
 
 
 def create_app(
     predictor: CountPredictor,
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_body_bytes: int | None = None,
+    max_pixels: int | None = None,
+    *,
+    limits: Limits | None = None,
+    body_timeout_s: float = 30.0,
+    workers: int = 2,
+    check: bool = True,
 ) -> FastAPI:
+    """``limits`` (``max_body_bytes``/``max_pixels`` override it); ``workers``: requests decoded and
+    run at once (the rest wait), which bounds memory and CPU; ``check``: refuse a model that fails
+    one forward pass on a blank image (``StartupError``), so ``/ping`` only ever answers for a
+    model that can answer."""
+    limits = Limits.from_env(max_body_bytes=max_body_bytes, max_pixels=max_pixels) if limits is None else limits
+    if check:
+        check_predictor(predictor)
     app = FastAPI(title="bincount", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.predictor = predictor
+    app.state.limits = limits
+    slots = anyio.CapacityLimiter(workers)
 
     @app.exception_handler(RequestError)
     async def _request_error(_: Request, err: RequestError) -> JSONResponse:
@@ -93,38 +122,66 @@ def create_app(
 
     @app.post("/invocations")
     async def invocations(request: Request) -> Response:
-        body = await read_body(request, max_body_bytes)
         content_type = request.headers.get("content-type")
         accept = request.headers.get("accept")
+        choose_accept(accept, media_type(content_type) in JSONLINES_TYPES)  # a 406 before any work
+        expected = expected_from_request(request.headers, request.query_params.get("expected_quantity"))
+        body = await read_body(request, limits.max_body_bytes, body_timeout_s)
 
         def handle() -> tuple[str, str]:
-            batch = decode_request(body, content_type, max_pixels=max_pixels, max_body_bytes=max_body_bytes)
+            batch = decode_request(body, content_type, limits=limits, expected_quantity=expected)
             return output_fn(predict_fn(batch, predictor), accept)
 
-        payload, media_type = await run_in_threadpool(handle)
-        return Response(payload, media_type=media_type)
+        payload, kind = await anyio.to_thread.run_sync(handle, limiter=slots)
+        return Response(payload, media_type=kind)
 
     return app
 
 
-def run(app: FastAPI, host: str = "127.0.0.1", port: int = 8080, log_level: str = "info") -> None:
+def server_config(
+    app: FastAPI,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    log_level: str = "info",
+    timeout_keep_alive: int = 75,
+    header_timeout_s: float = 10.0,
+    max_header_bytes: int = 16 * 1024,
+    limit_concurrency: int | None = None,
+):
+    """uvicorn's settings: idle keep-alive connections close after ``timeout_keep_alive`` s (longer
+    than a load balancer's 60 s idle timeout, so it never reuses a connection we just closed), a
+    request line and headers must arrive within ``header_timeout_s``, headers are capped at
+    ``max_header_bytes`` (h11), and past ``limit_concurrency`` connections uvicorn answers 503."""
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+    return uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, access_log=False,
+        http=guarded_h11(header_timeout_s), timeout_keep_alive=timeout_keep_alive,
+        h11_max_incomplete_event_size=max_header_bytes, limit_concurrency=limit_concurrency,
+    )
+
+
+def run(app: FastAPI, host: str = "127.0.0.1", port: int = 8080, log_level: str = "info", **timeouts) -> None:
+    import uvicorn
+
+    uvicorn.Server(server_config(app, host, port, log_level, **timeouts)).run()
 
 
 @contextmanager
-def serve_in_background(app: FastAPI, host: str = "127.0.0.1", start_timeout: float = 60.0) -> Iterator[str]:
+def serve_in_background(
+    app: FastAPI, host: str = "127.0.0.1", start_timeout: float = 60.0, **timeouts
+) -> Iterator[str]:
     """Run ``app`` under uvicorn on a free local port in a daemon thread; yields its base URL.
 
     For tests and benchmarks: real HTTP without a separate process. Stops the server on exit.
+    ``timeouts``: ``server_config``'s settings.
     """
     import uvicorn
 
     with socket.socket() as s:
         s.bind((host, 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    server = uvicorn.Server(server_config(app, host, port, "warning", **timeouts))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:

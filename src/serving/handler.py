@@ -6,14 +6,17 @@ functions, and evaluation uses the same ``CountPredictor``, so every path prepro
 ``src.data.transforms.eval_transform`` and decides counts with ``src.models.counting``.
 
 Requests:
-- ``image/jpeg``, ``image/png``, ``application/x-image``: the body is one image.
-- ``application/json``: ``{"image": "<base64>"}``, ``{"images": ["<base64>", ...]}``, a bare base64
-  string or a list of them. An object may carry an ``"id"`` that is echoed back.
+- ``image/jpeg``, ``image/png``, ``application/x-image``: the body is one image; an expected
+  quantity comes in the ``X-Expected-Quantity`` header or the ``?expected_quantity=`` query.
+- ``application/json``: ``{"image": "<base64>"}``, ``{"images": [<base64 or object>, ...]}``, a bare
+  base64 string or a list of them. An object may carry an ``"id"`` (echoed back) and an
+  ``"expected_quantity"``. One bad image fails the whole request.
 - ``application/jsonlines``: one such object (or bare string) per line, one image each: SageMaker
-  batch transform with ``SplitType=Line``.
-URLs are refused, never fetched. Responses: ``application/json`` ``{"predictions": [result, ...]}``
-or ``application/jsonlines`` with one ``result`` per input line (the default for jsonlines input),
-where ``result = {"count": int, "confidence": p(count), "probabilities": [p0, ..., p5]}``.
+  batch transform with ``SplitType=Line``. A bad line gets its own error object, in its place.
+URLs are refused, never fetched. ``input_fn`` checks the request against ``Limits`` from the image
+headers alone; ``predict_fn`` decodes and resizes one image at a time, one batch at a time.
+Responses: ``application/json`` ``{"predictions": [result, ...]}`` or ``application/jsonlines``
+with one ``result`` (or ``{"id", "error", "status"}``) per input line; docs/serving_limits.md.
 """
 
 from __future__ import annotations
@@ -23,22 +26,29 @@ import binascii
 import io
 import json
 import os
+import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
-from src.inference.predictor import CountPredictor
+from src.data.images import to_rgb
+from src.inference.predictor import MAX_BATCH, CountPredictor
+from src.serving.limits import Limits
 
-DEFAULT_MAX_BODY_BYTES = 6 * 1024 * 1024  # SageMaker's real-time payload limit
-DEFAULT_MAX_PIXELS = 25_000_000  # ABID photos are ~0.2 MP; this refuses decompression bombs early
+DEFAULT_MAX_BODY_BYTES = Limits.max_body_bytes
+DEFAULT_MAX_PIXELS = Limits.max_pixels
 IMAGE_TYPES = ("image/jpeg", "image/png", "application/x-image")
 JSON_TYPE = "application/json"
 JSONLINES_TYPES = ("application/jsonlines", "application/x-jsonlines", "application/jsonl")
 ACCEPT_TYPES = (JSON_TYPE, *JSONLINES_TYPES)
 IMAGE_FORMATS = ("JPEG", "PNG")
+MAX_ID_CHARS = 256
+EXPECTED_HEADER = "X-Expected-Quantity"
+# InvokeEndpoint forwards no custom header but this one: CustomAttributes="expected_quantity=3".
+CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
 
 try:  # inside the SageMaker container, its toolkit turns these into HTTP status codes
     from sagemaker_inference.errors import BaseInferenceToolkitError as _ToolkitError
@@ -72,6 +82,10 @@ class NotAcceptable(RequestError):
     status_code, phrase = 406, "Not Acceptable"
 
 
+class RequestTimeout(RequestError):
+    status_code, phrase = 408, "Request Timeout"
+
+
 class PayloadTooLarge(RequestError):
     status_code, phrase = 413, "Payload Too Large"
 
@@ -81,12 +95,26 @@ class UnsupportedMediaType(RequestError):
 
 
 @dataclass
-class Batch:
-    """Decoded request: RGB images, optional client ids, and whether it arrived as JSON lines."""
+class Record:
+    """One image of a request: its bytes (header checked, pixels not decoded yet) or its error."""
 
-    images: list[Image.Image]
-    ids: list[Any] = field(default_factory=list)
+    data: bytes | None = None
+    id: Any = None
+    expected: int | None = None
+    pixels: int = 0
+    error: RequestError | None = None
+
+
+@dataclass
+class Batch:
+    """A checked request: its records, and whether it arrived as JSON lines (per-record errors)."""
+
+    records: list[Record] = field(default_factory=list)
     lines: bool = False
+
+    @property
+    def ids(self) -> list[Any]:
+        return [r.id for r in self.records]
 
 
 @dataclass
@@ -95,36 +123,51 @@ class Prediction:
     lines: bool = False
 
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    return int(value) if value else default
-
-
 def media_type(header: str | None) -> str:
     """``'Image/JPEG; q=1'`` -> ``'image/jpeg'``."""
     return (header or "").split(";")[0].strip().lower()
 
 
-# -- decoding -----------------------------------------------------------------------------------
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """JPEG/PNG bytes -> RGB image; the size is checked from the header before any decoding."""
+def error_object(err: RequestError, record_id: Any = None) -> dict[str, Any]:
+    """The JSON error shape, for a whole response or for one JSON-lines record."""
+    return {**({"id": record_id} if record_id is not None else {}), "error": err.detail, "status": err.status_code}
+
+
+def _clean(err: Exception) -> str:
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", str(err))  # PIL names BytesIO objects by address
+
+
+# -- images ----------------------------------------------------------------------------------------
+def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open JPEG/PNG bytes and check the size from the header; no pixel is decoded yet."""
     if not data:
         raise BadRequest("Empty image: the request carried no image bytes")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
-            width, height = image.size
-            if width * height > max_pixels:
-                raise BadRequest(
-                    f"Image of {width}x{height} pixels exceeds the limit of {max_pixels:,} pixels; "
-                    "resize it (the model sees it at its training size anyway)"
-                )
-            return image.convert("RGB")
-    except RequestError:
-        raise
+    except UnidentifiedImageError:
+        raise BadRequest("Could not decode the image: it is not a JPEG or PNG") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise BadRequest(f"Could not decode the image as JPEG or PNG: {err}") from None
+        raise BadRequest(f"Could not decode the image as JPEG or PNG: {_clean(err)}") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise BadRequest(
+            f"Image of {width}x{height} pixels exceeds the limit of {max_pixels:,} pixels; "
+            "resize it (the model sees it at its training size anyway)"
+        )
+    return image
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """JPEG/PNG bytes -> 8-bit RGB image (16-bit images scaled, not clipped); size checked first."""
+    image = open_image(data, max_pixels)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return to_rgb(image)
+    except (OSError, ValueError, SyntaxError) as err:
+        raise BadRequest(f"Could not decode the image as JPEG or PNG: {_clean(err)}") from None
 
 
 def decode_base64(text: Any, where: str) -> bytes:
@@ -140,83 +183,194 @@ def decode_base64(text: Any, where: str) -> bytes:
         raise BadRequest(f"{where}: not valid base64") from None
 
 
-def _json_images(doc: Any, where: str, max_pixels: int) -> tuple[list[Image.Image], list[Any]]:
-    """Images (and ids) from one parsed JSON document."""
-    if isinstance(doc, str):
-        return [decode_image(decode_base64(doc, where), max_pixels)], [None]
-    if isinstance(doc, list):
-        if not doc:
-            raise BadRequest(f"{where}: empty list of images")
-        return [decode_image(decode_base64(s, f"{where}[{i}]"), max_pixels) for i, s in enumerate(doc)], [None] * len(doc)
-    if isinstance(doc, dict):
-        if "image" in doc:
-            return [decode_image(decode_base64(doc["image"], f"{where}.image"), max_pixels)], [doc.get("id")]
-        if "images" in doc and isinstance(doc["images"], list):
-            return _json_images(doc["images"], f"{where}.images", max_pixels)
-    raise BadRequest(
-        f"{where}: expected {{\"image\": <base64>}}, {{\"images\": [<base64>, ...]}}, a base64 string or a list of them"
-    )
+def parse_expected(value: Any, where: str) -> int | None:
+    """A non-negative integer (JSON number, or digits from a header/query), or None when absent."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        shown = value if len(repr(value)) <= 40 else f"{repr(value)[:40]}..."
+        raise BadRequest(f"{where}: expected_quantity must be a non-negative integer, got {shown!r}")
+    return value
+
+
+def expected_from_request(headers: Any, query: str | None = None) -> str | None:
+    """The raw expected quantity of a raw-image request: the ``X-Expected-Quantity`` header, else
+    ``?expected_quantity=``, else ``expected_quantity=N`` in SageMaker's CustomAttributes header.
+    ``headers`` is any mapping; names are matched case-insensitively."""
+    lowered = {str(k).lower(): (v.decode() if isinstance(v, bytes) else v) for k, v in dict(headers or {}).items()}
+    value = lowered.get(EXPECTED_HEADER.lower(), query)
+    if value is None and CUSTOM_ATTRIBUTES_HEADER.lower() in lowered:
+        for item in re.split(r"[;,]", str(lowered[CUSTOM_ATTRIBUTES_HEADER.lower()])):
+            key, _, raw = item.partition("=")
+            if key.strip() == "expected_quantity":
+                value = raw.strip()
+    return value
+
+
+def _record_id(value: Any, where: str) -> Any:
+    if value is None or (isinstance(value, (str, int, float)) and not isinstance(value, bool)
+                         and len(str(value)) <= MAX_ID_CHARS):
+        return value
+    raise BadRequest(f"{where}.id: must be a string or number of at most {MAX_ID_CHARS} characters")
+
+
+def _record(item: Any, where: str, max_pixels: int) -> Record:
+    """One image from a JSON value: a base64 string or ``{"image", "id", "expected_quantity"}``."""
+    if isinstance(item, dict):
+        if "image" not in item:
+            raise BadRequest(f"{where}: expected {{\"image\": <base64>, \"id\": ..., \"expected_quantity\": n}}")
+        record = Record(id=_record_id(item.get("id"), where),
+                        expected=parse_expected(item.get("expected_quantity"), where))
+        data = decode_base64(item["image"], f"{where}.image")
+    else:
+        record, data = Record(), decode_base64(item, where)
+    image = open_image(data, max_pixels)
+    record.data, record.pixels = data, image.size[0] * image.size[1]
+    return record
 
 
 def _parse_json(text: str, where: str) -> Any:
     try:
         return json.loads(text)
+    except RecursionError:  # the C parser recurses per level: a 1,000-deep body would be a 500
+        raise BadRequest(f"{where}: JSON nested too deeply; send {{\"image\": <base64>}} objects") from None
     except ValueError as err:
         raise BadRequest(f"{where}: invalid JSON ({err})") from None
+
+
+def _too_many(n: int, limits: Limits) -> PayloadTooLarge:
+    return PayloadTooLarge(f"Request carries {n:,} images; the limit is {limits.max_images} per request "
+                           f"({limits.describe()}): split it into smaller requests")
+
+
+def _json_items(doc: Any) -> list[Any]:
+    if isinstance(doc, str) or (isinstance(doc, dict) and "image" in doc):
+        return [doc]
+    if isinstance(doc, dict) and isinstance(doc.get("images"), list):
+        doc = doc["images"]
+    if isinstance(doc, list):
+        if not doc:
+            raise BadRequest("body: empty list of images")
+        return doc
+    raise BadRequest(
+        "body: expected {\"image\": <base64>}, {\"images\": [<base64>, ...]}, a base64 string or a list of them"
+    )
+
+
+def _json_records(text: str, limits: Limits) -> list[Record]:
+    items = _json_items(_parse_json(text, "body"))
+    if len(items) > limits.max_images:
+        raise _too_many(len(items), limits)
+    if len(items) == 1:
+        return [_record(items[0], "body", limits.max_pixels)]
+    return [_record(item, f"body.images[{i}]", limits.max_pixels) for i, item in enumerate(items)]
+
+
+def _line_record(line: str, n: int, limits: Limits) -> Record:
+    """One JSON line -> its record, or a record carrying its error (the other lines still count)."""
+    record_id = None
+    try:
+        doc = _parse_json(line, f"line {n}")
+        if isinstance(doc, dict):
+            record_id = _record_id(doc.get("id"), f"line {n}")
+        if isinstance(doc, list) or (isinstance(doc, dict) and "images" in doc):
+            raise BadRequest(f"line {n}: JSON lines carry one image per line")
+        return _record(doc, f"line {n}", limits.max_pixels)
+    except RequestError as err:
+        return Record(id=record_id, error=err)
 
 
 def decode_request(
     body: bytes | bytearray | str,
     content_type: str | None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_pixels: int | None = None,
+    max_body_bytes: int | None = None,
+    *,
+    limits: Limits | None = None,
+    expected_quantity: str | int | None = None,
 ) -> Batch:
-    """Request body + content type -> ``Batch``; raises a ``RequestError`` with the HTTP status."""
+    """Request body + content type -> a checked ``Batch``; raises a ``RequestError`` with the status.
+
+    Sizes, image counts and pixel budgets are checked from the image headers, before any decoding.
+    ``expected_quantity`` is the header/query value that goes with a raw image body.
+    """
+    overrides = {k: v for k, v in (("max_pixels", max_pixels), ("max_body_bytes", max_body_bytes)) if v is not None}
+    limits = replace(limits or Limits(), **overrides)
     ctype = media_type(content_type)
     if isinstance(body, str):
         body = body.encode()
-    if len(body) > max_body_bytes:
-        raise PayloadTooLarge(f"Request body of {len(body):,} bytes exceeds the limit of {max_body_bytes:,} bytes")
+    if len(body) > limits.max_body_bytes:
+        raise PayloadTooLarge(f"Request body of {len(body):,} bytes exceeds the limit of {limits.max_body_bytes:,} bytes")
     if ctype in IMAGE_TYPES:
-        return Batch([decode_image(bytes(body), max_pixels)], [None])
-    if ctype == JSON_TYPE or ctype in JSONLINES_TYPES:
-        try:
-            text = bytes(body).decode("utf-8")
-        except UnicodeDecodeError:
-            raise BadRequest(f"{ctype} body is not UTF-8 text") from None
-        if ctype == JSON_TYPE:
-            images, ids = _json_images(_parse_json(text, "body"), "body", max_pixels)
-            return Batch(images, ids)
-        images, ids = [], []
-        for n, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            doc = _parse_json(line, f"line {n}")
-            if isinstance(doc, list) or (isinstance(doc, dict) and "images" in doc):
-                raise BadRequest(f"line {n}: JSON lines carry one image per line")
-            more, more_ids = _json_images(doc, f"line {n}", max_pixels)
-            images += more
-            ids += more_ids
-        if not images:
+        expected = parse_expected(expected_quantity, EXPECTED_HEADER)
+        image = open_image(bytes(body), limits.max_pixels)
+        return Batch([Record(bytes(body), expected=expected, pixels=image.size[0] * image.size[1])])
+    if ctype != JSON_TYPE and ctype not in JSONLINES_TYPES:
+        raise UnsupportedMediaType(
+            f"Unsupported content type {content_type!r}; use one of: {', '.join(IMAGE_TYPES + ACCEPT_TYPES)}"
+        )
+    if expected_quantity is not None:
+        raise BadRequest(f"{EXPECTED_HEADER} / ?expected_quantity= go with a raw image body; in JSON, put "
+                         "\"expected_quantity\" in each image object")
+    try:
+        text = bytes(body).decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest(f"{ctype} body is not UTF-8 text") from None
+    if ctype == JSON_TYPE:
+        batch = Batch(_json_records(text, limits))
+    else:
+        lines = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+        if not lines:
             raise BadRequest("No JSON lines in the request body")
-        return Batch(images, ids, lines=True)
-    raise UnsupportedMediaType(
-        f"Unsupported content type {content_type!r}; use one of: {', '.join(IMAGE_TYPES + (JSON_TYPE,) + JSONLINES_TYPES)}"
-    )
+        if len(lines) > limits.max_images:
+            raise _too_many(len(lines), limits)
+        batch = Batch([_line_record(line, n, limits) for n, line in lines], lines=True)
+    pixels = sum(r.pixels for r in batch.records)
+    if pixels > limits.max_request_pixels:
+        raise PayloadTooLarge(f"Request images hold {pixels:,} pixels in all; the limit is "
+                              f"{limits.max_request_pixels:,} per request ({limits.describe()}): "
+                              "send fewer or smaller images per request")
+    return batch
+
+
+# -- responses ---------------------------------------------------------------------------------------
+def _accept_ranges(accept: str) -> list[tuple[str, float]]:
+    """``Accept`` -> [(media type, q)], most preferred first (stable for equal q)."""
+    ranges = []
+    for part in accept.split(","):
+        kind, *params = (p.strip() for p in part.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        ranges.append((kind.lower(), q))
+    return sorted(ranges, key=lambda r: -r[1])
 
 
 def choose_accept(accept: str | None, lines: bool) -> str:
-    """The response type: the first supported type in ``Accept``; */* follows the request's shape."""
+    """The response type: the most preferred supported type in ``Accept`` (``q=0`` means "not this");
+    ``*/*`` follows the request's shape. Decide it before inference: a 406 costs nothing then."""
     default = JSONLINES_TYPES[0] if lines else JSON_TYPE
-    if not accept:
+    if not accept or not accept.strip():
         return default
-    for part in accept.split(","):
-        kind = media_type(part)
+    ranges = _accept_ranges(accept)
+    refused = {kind for kind, q in ranges if q <= 0}
+    for kind, q in ranges:
+        if q <= 0:
+            continue
         if kind in ACCEPT_TYPES:
             return kind
         if kind in ("*/*", "application/*", ""):
-            return default
-    raise NotAcceptable(f"Cannot answer with {accept!r}; accepted: {', '.join(ACCEPT_TYPES)}")
+            for candidate in (default, *ACCEPT_TYPES):
+                if candidate not in refused:
+                    return candidate
+    raise NotAcceptable(f"Cannot answer with {accept[:200]!r}; accepted: {', '.join(ACCEPT_TYPES)}")
 
 
 def encode_response(prediction: Prediction, accept: str | None) -> tuple[str, str]:
@@ -227,26 +381,82 @@ def encode_response(prediction: Prediction, accept: str | None) -> tuple[str, st
     return json.dumps({"predictions": prediction.results}), kind
 
 
+# -- prediction ----------------------------------------------------------------------------------------
+def predict_batch(batch: Batch, model: CountPredictor, batch_size: int = MAX_BATCH) -> Prediction:
+    """Decode, resize and count ``batch_size`` images at a time: peak memory is one full-size image
+    plus one batch of model-sized tensors, whatever the request holds. In a JSON-lines batch a
+    record that fails gets its error object in its place; otherwise the first failure is raised."""
+    records = batch.records
+
+    def fail(i: int, err: RequestError) -> None:
+        if not batch.lines:
+            raise err
+        records[i].error, records[i].data = err, None
+
+    for i, record in enumerate(records):
+        if record.error is None and record.expected is not None:
+            try:
+                model.check_expected(record.expected)
+            except ValueError as err:
+                fail(i, BadRequest(str(err)))
+    results: list[dict[str, Any] | None] = [None] * len(records)
+    todo = [i for i, r in enumerate(records) if r.error is None]
+    for start in range(0, len(todo), batch_size):
+        tensors, rows = [], []
+        for i in todo[start:start + batch_size]:
+            try:  # the full-size image lives only until it is resized: one at a time
+                tensors.append(model.transform(decode_image(records[i].data)))
+            except RequestError as err:
+                fail(i, err)
+                continue
+            records[i].data = None  # the bytes are no longer needed
+            rows.append(i)
+        if rows:
+            probs = model.probabilities(torch.stack(tensors))
+            ids = [records[i].id for i in rows]
+            expected = [records[i].expected for i in rows]
+            for i, result in zip(rows, model.results(probs, ids, expected), strict=True):
+                results[i] = result
+    for i, record in enumerate(records):
+        if record.error is not None:
+            results[i] = error_object(record.error, record.id)
+    return Prediction(results, lines=batch.lines)  # type: ignore[arg-type]
+
+
 # -- SageMaker inference toolkit entry points ---------------------------------------------------
 def model_fn(model_dir: str, context: Any = None) -> CountPredictor:
-    """Load once per worker. ``BINCOUNT_BACKEND=onnx`` uses ``model.onnx`` with ONNX Runtime;
-    the torch backend runs on the GPU when the instance has one (``BINCOUNT_DEVICE`` overrides)."""
+    """Load once per worker, validated (one forward pass on a blank image): a broken artifact fails
+    here, so the container never reports healthy. ``BINCOUNT_BACKEND=onnx`` uses ``model.onnx`` with
+    ONNX Runtime; the torch backend runs on the GPU when the instance has one (``BINCOUNT_DEVICE``)."""
+    from src.serving.startup import load_checked
+
     device = os.environ.get("BINCOUNT_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
-    return CountPredictor.from_model_dir(model_dir, backend=os.environ.get("BINCOUNT_BACKEND", "torch"), device=device)
+    return load_checked(model_dir, backend=os.environ.get("BINCOUNT_BACKEND", "torch"), device=device)
+
+
+def _toolkit_headers(context: Any) -> dict:
+    """The request's headers as the SageMaker inference toolkit's context holds them, if any."""
+    try:
+        props = dict(context.request_processor[0].get_request_properties())
+    except (AttributeError, IndexError, KeyError, TypeError):
+        return {}
+    text = lambda v: v.decode("latin-1") if isinstance(v, bytes) else str(v)  # noqa: E731
+    return {text(k): text(v) for k, v in props.items()}
 
 
 def input_fn(request_body: bytes, request_content_type: str, context: Any = None) -> Batch:
-    """Limits come from ``BINCOUNT_MAX_PIXELS`` / ``BINCOUNT_MAX_BODY_BYTES`` when set."""
-    return decode_request(
-        request_body,
-        request_content_type,
-        max_pixels=_env_int("BINCOUNT_MAX_PIXELS", DEFAULT_MAX_PIXELS),
-        max_body_bytes=_env_int("BINCOUNT_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
-    )
+    """Limits come from ``BINCOUNT_MAX_PIXELS``, ``BINCOUNT_MAX_BODY_BYTES``, ``BINCOUNT_MAX_IMAGES``,
+    ``BINCOUNT_MAX_REQUEST_PIXELS`` when set; an expected quantity for a raw image from the
+    request's CustomAttributes (``expected_quantity=3``) or ``X-Expected-Quantity``."""
+    headers = {k.lower(): v for k, v in _toolkit_headers(context).items()}  # HTTP names ignore case
+    if headers.get("accept"):  # a 406 before any decoding, as in the HTTP app
+        choose_accept(headers["accept"], media_type(request_content_type) in JSONLINES_TYPES)
+    expected = expected_from_request(headers) if media_type(request_content_type) in IMAGE_TYPES else None
+    return decode_request(request_body, request_content_type, limits=Limits.from_env(), expected_quantity=expected)
 
 
 def predict_fn(input_data: Batch, model: CountPredictor, context: Any = None) -> Prediction:
-    return Prediction(model.predict(input_data.images, input_data.ids), lines=input_data.lines)
+    return predict_batch(input_data, model)
 
 
 def output_fn(prediction: Prediction, accept: str | None, context: Any = None) -> tuple[str, str]:

@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
+from src.data.datamodule import check_data_folder
 from src.utils.config import instantiate_group, log_config_tree, parameter_counts, write_metrics
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if cfg.get("print_config", True) and rank_zero_only.rank == 0:
         log_config_tree(cfg, output_dir)
 
+    needed = (("train", "val") if cfg.get("train", True) else ()) + (("test",) if cfg.get("test", True) else ())
+    check_data_folder(cfg.data.data_dir, needed, cfg.data.get("generator"), cfg.data.get("prepare"))  # before downloads
     model: pl.LightningModule = instantiate(cfg.model)
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
     if hasattr(datamodule, "attach"):  # data=features: the datamodule runs the model's frozen backbone
