@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from src.inference.predictor import CountPredictor
 from tests.helpers import HTML_NAME, ROOT, SHARED_ABID
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
@@ -169,19 +170,22 @@ def test_page_shows_a_file_named_like_html_as_text(browser, server, photo, tmp_p
     assert _no_alert(browser)
 
 
-class ContractPredictor:
-    """Answers with every field of the shared response contract (overflow, review, verdict), as a
-    model with the overflow class and a review threshold does, whatever the photo."""
+class ContractPredictor(CountPredictor):
+    """The tiny model, answering with every field of the shared response contract (overflow, review,
+    verdict), as a model with the overflow class and a review threshold does, whatever the photo."""
 
-    backend = "fake"
-
-    def predict(self, images, ids=None, expected=None):
+    def results(self, probs, ids=None, expected=None):
         return [{"count": None, "label": ">5", "overflow": True, "confidence": 0.7,
                  "probabilities": [0.01, 0.02, 0.03, 0.04, 0.1, 0.1, 0.7], "review": True,
-                 "expected_quantity": 4, "p_expected": 0.1, "verdict": "mismatch"} for _ in images]
+                 "expected_quantity": 4, "p_expected": 0.1, "verdict": "mismatch"} for _ in range(len(probs))]
 
 
-def test_page_and_its_files_are_served_and_need_no_network():
+@pytest.fixture(scope="module")
+def contract_predictor(tiny_model_dir) -> ContractPredictor:
+    return ContractPredictor.from_model_dir(tiny_model_dir)
+
+
+def test_page_and_its_files_are_served_and_need_no_network(contract_predictor):
     """Runs without a browser too: the page, its script and style come from the app itself."""
     import re
 
@@ -189,7 +193,7 @@ def test_page_and_its_files_are_served_and_need_no_network():
 
     from src.serving.app import create_app
 
-    client = TestClient(create_app(ContractPredictor()))
+    client = TestClient(create_app(contract_predictor, check=False))
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
@@ -207,12 +211,12 @@ def test_the_endpoint_artifact_does_not_carry_the_page(tiny_model_dir):
     assert not (code / "src" / "serving" / "app.py").exists() and not list(code.rglob("static"))
 
 
-def test_page_renders_overflow_review_and_verdict(browser, photo):
+def test_page_renders_overflow_review_and_verdict(browser, photo, contract_predictor):
     from selenium.webdriver.common.by import By
 
     from src.serving.app import create_app, serve_in_background
 
-    with serve_in_background(create_app(ContractPredictor())) as url:
+    with serve_in_background(create_app(contract_predictor, check=False)) as url:
         (card,) = _upload(browser, url, photo)
         assert card.find_element(By.CSS_SELECTOR, ".count").text == ">5 more than the model counts"
         assert card.find_element(By.CSS_SELECTOR, ".badge.review").text == "review"
@@ -247,7 +251,7 @@ def test_dropping_a_photo_on_the_page_counts_it(browser, server, photo):
     assert card.find_element(By.CSS_SELECTOR, ".count").text.split()[0] == str(answer["count"])
 
 
-def test_page_shows_the_servers_413_and_400(browser, photo, tmp_path):
+def test_page_shows_the_servers_413_and_400(browser, photo, tmp_path, contract_predictor):
     from selenium.webdriver.common.by import By
 
     from src.serving.app import create_app, serve_in_background
@@ -255,7 +259,7 @@ def test_page_shows_the_servers_413_and_400(browser, photo, tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(photo.read_bytes()[:200])  # a JPEG header, then nothing
     limit = photo.stat().st_size - 1
-    with serve_in_background(create_app(ContractPredictor(), max_body_bytes=limit)) as url:
+    with serve_in_background(create_app(contract_predictor, check=False, max_body_bytes=limit)) as url:
         cards = _upload(browser, url, photo, broken)
         for card, path, status in zip(cards, (photo, broken), (413, 400), strict=True):
             answer = httpx.post(f"{url}/invocations", content=path.read_bytes(), headers={"Content-Type": "image/jpeg"})
