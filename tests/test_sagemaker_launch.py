@@ -239,6 +239,8 @@ def test_transform_then_report_from_its_outputs(aws, tmp_path):
     model_url = created["PrimaryContainer"]["ModelDataUrl"]
     assert model_url.startswith(f"s3://{BUCKET}/bincount/models/") and model_url.endswith("model.tar.gz")
     assert created["PrimaryContainer"]["Environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
+    # the toolkit hands a missing Accept to the handler, which answers as serve.py does
+    assert created["PrimaryContainer"]["Environment"]["SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT"] == "*/*"
     req = only(rec, "CreateTransformJob")
     assert req["ModelName"] == created["ModelName"]
     assert req["TransformInput"]["ContentType"] == "application/x-image"

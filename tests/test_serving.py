@@ -388,3 +388,21 @@ def test_train_writes_the_artifact_of_the_best_checkpoint(tiny_cfg, tmp_path):
     assert described["image_size"] == 64 and described["net"]["name"] == "resnet18"
     x = torch.randn(4, 3, 64, 64)
     assert torch.allclose(from_ckpt.probabilities(x), from_dir.probabilities(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("default, expected", [(None, "application/jsonlines"), ("*/*", "application/jsonlines"),
+                                               ("application/json", "application/json")])
+def test_missing_accept_is_answered_as_the_sagemaker_toolkit_does(predictor, monkeypatch, default, expected):
+    """The toolkit swaps a missing or */* Accept for $SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT before output_fn;
+    the handler applies the same rule itself, so serve.py and the container answer alike."""
+    from src.serving.handler import DEFAULT_ACCEPT_ENV
+
+    if default is None:
+        monkeypatch.delenv(DEFAULT_ACCEPT_ENV, raising=False)
+    else:
+        monkeypatch.setenv(DEFAULT_ACCEPT_ENV, default)
+    lines = json.dumps({"id": "a", "image": b64(image_bytes(3))}) + "\n"
+    for accept in (None, "*/*"):
+        body, ctype = output_fn(predict_fn(input_fn(lines, "application/jsonlines"), predictor), accept)
+        assert ctype == expected
+        assert (json.loads(body)["predictions"][0] if expected == "application/json" else json.loads(body))["id"] == "a"

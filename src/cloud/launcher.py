@@ -21,6 +21,7 @@ from src.cloud.recorder import RequestRecorder, to_json
 from src.cloud.search_space import load_search_space, sagemaker_ranges
 from src.cloud.settings import LaunchConfigError, S3Layout, check_settings, split_s3
 from src.cloud.staging import ENTRY_SCRIPT, ROOT, stage_source
+from src.serving.handler import DEFAULT_ACCEPT_ENV
 
 log = logging.getLogger(__name__)
 
@@ -241,8 +242,11 @@ def _model_data(ctx: Context) -> str:
 
 def inference_env(ctx: Context) -> dict[str, str]:
     """What the PyTorch inference container needs to run the artifact's code/inference.py."""
+    # The toolkit replaces a missing or */* Accept with SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT before
+    # output_fn; "*/*" hands that choice to the handler, which answers in the request's shape, as serve.py does.
     return {"SAGEMAKER_PROGRAM": "inference.py", "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
-            "SAGEMAKER_CONTAINER_LOG_LEVEL": "20", "SAGEMAKER_REGION": str(ctx.sm.region)}
+            "SAGEMAKER_CONTAINER_LOG_LEVEL": "20", "SAGEMAKER_REGION": str(ctx.sm.region),
+            DEFAULT_ACCEPT_ENV: "*/*"}
 
 
 def _create_model(ctx: Context, name: str, instance_type: str) -> str:

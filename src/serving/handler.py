@@ -44,6 +44,7 @@ IMAGE_TYPES = ("image/jpeg", "image/png", "application/x-image")
 JSON_TYPE = "application/json"
 JSONLINES_TYPES = ("application/jsonlines", "application/x-jsonlines", "application/jsonl")
 ACCEPT_TYPES = (JSON_TYPE, *JSONLINES_TYPES)
+DEFAULT_ACCEPT_ENV = "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT"  # the toolkit's default for a missing or */* Accept
 IMAGE_FORMATS = ("JPEG", "PNG")
 MAX_ID_CHARS = 256
 EXPECTED_HEADER = "X-Expected-Quantity"
@@ -355,7 +356,13 @@ def _accept_ranges(accept: str) -> list[tuple[str, float]]:
 
 def choose_accept(accept: str | None, lines: bool) -> str:
     """The response type: the most preferred supported type in ``Accept`` (``q=0`` means "not this");
-    ``*/*`` follows the request's shape. Decide it before inference: a 406 costs nothing then."""
+    ``*/*`` follows the request's shape. Decide it before inference: a 406 costs nothing then.
+
+    A missing or ``*/*`` Accept first becomes ``$SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT`` when that is set,
+    which is what SageMaker's inference toolkit does before ``output_fn``: serve.py and the container
+    answer alike. The launcher sets it to ``*/*`` (answer in the request's shape)."""
+    if (not accept or accept.strip() == "*/*") and os.environ.get(DEFAULT_ACCEPT_ENV):
+        accept = os.environ[DEFAULT_ACCEPT_ENV]
     default = JSONLINES_TYPES[0] if lines else JSON_TYPE
     if not accept or not accept.strip():
         return default
