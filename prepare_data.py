@@ -4,29 +4,25 @@ import logging
 import sys
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 import src  # noqa: F401  (sets PROJECT_ROOT for the configs)
 
 log = logging.getLogger("prepare_data")
-SETTINGS = (
-    "source output ids ids_format max_count fractions seed resize jpeg_quality workers dry_run "
-    "unsigned previous_splits prune plot progress shard"
-).split()
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="prepare")
 def main(cfg: DictConfig) -> None:
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from src.data.prepare import NothingUsable, prepare
+    from src.data.prepare import NothingUsable
     from src.data.storage import check_writable
+    from src.utils.config import call_target
 
-    settings = OmegaConf.to_container(cfg, resolve=True)
     try:
-        if not settings["dry_run"]:
-            check_writable(settings["output"])  # before reading thousands of metadata files
-        prepare(**{k: settings[k] for k in SETTINGS})
+        if not cfg.dry_run:
+            check_writable(cfg.output)  # before reading thousands of metadata files
+        call_target(cfg)  # configs/prepare.yaml's _target_: src.data.prepare.prepare
     except (NothingUsable, FileNotFoundError, PermissionError, ValueError, BotoCoreError, ClientError) as err:
         log.error("%s", err)
         sys.exit(f"prepare_data: {err}")

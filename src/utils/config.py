@@ -73,6 +73,24 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
     return [instantiate(entry) for entry in group.values() if isinstance(entry, Mapping) and "_target_" in entry]
 
 
+def call_target(cfg: DictConfig, **kwargs: Any) -> Any:
+    """Call ``cfg._target_`` with the config's keys that the target accepts (``hydra.utils.call``).
+
+    Entry configs keep their settings flat for the command line (``source=... output=...``) beside
+    keys meant for Hydra itself (``task_name``, ``paths``): the target's signature picks its own.
+    """
+    import inspect
+
+    from hydra.utils import call, get_method
+
+    target = cfg.get("_target_")
+    if not target:
+        raise ValueError("the config has no _target_ to call")
+    accepted = inspect.signature(get_method(target)).parameters
+    node = {key: cfg[key] for key in cfg if key in accepted and key not in kwargs}
+    return call({"_target_": target, "_convert_": "all", **node}, **kwargs)
+
+
 def to_plain(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         value = value.item() if value.numel() == 1 else value.tolist()
