@@ -11,7 +11,7 @@ import src  # noqa: F401  (sets PROJECT_ROOT for the configs)
 log = logging.getLogger("prepare_data")
 SETTINGS = (
     "source output ids ids_format max_count fractions seed resize jpeg_quality workers dry_run "
-    "unsigned previous_splits prune plot progress"
+    "unsigned previous_splits prune plot progress overflow"
 ).split()
 
 

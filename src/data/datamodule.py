@@ -49,6 +49,8 @@ class BinDataModule(pl.LightningDataModule):
     ``weighted_sampler`` draws training images with probability inverse to their class frequency.
     ``feature_cache`` makes the training pipeline use ``FeatureDataModule`` (cached frozen-backbone
     features, stored under ``feature_cache_dir``) instead of this class.
+    ``overflow`` reads one extra last class, "more than max_count" (``<split>/6plus/`` written by
+    ``prepare_data.py overflow=true``); ``num_classes`` then counts it (7 for 0..5 plus 6plus).
     ``prepare`` (settings of ``src.data.prepare.prepare`` minus ``output``) prepares raw ABID into
     ``data_dir`` first when it holds no finished preparation (no ``manifest.json``).
     """
@@ -73,6 +75,7 @@ class BinDataModule(pl.LightningDataModule):
         feature_cache: bool = False,
         feature_cache_dir: str | None = None,
         prepare: dict | None = None,
+        overflow: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -102,10 +105,11 @@ class BinDataModule(pl.LightningDataModule):
                 f"Data folder {folder} does not exist. " + PREPARE_HINT.format(path=self.data_dir)
             )
         hp = self.hparams
-        dataset = CountFolder(folder, hp.num_classes, build_transform(hp.image_size, train, hp.hflip, hp.dihedral))
+        transform = build_transform(hp.image_size, train, hp.hflip, hp.dihedral)
+        dataset = CountFolder(folder, hp.num_classes, transform, overflow=hp.overflow)
         if len(dataset) == 0:
             raise FileNotFoundError(
-                f"Data folder {folder} holds no readable images in 0..{hp.num_classes - 1}/. "
+                f"Data folder {folder} holds no readable images in {', '.join(dataset.classes)}/. "
                 + PREPARE_HINT.format(path=self.data_dir)
             )
         return dataset

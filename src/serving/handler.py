@@ -246,7 +246,9 @@ def input_fn(request_body: bytes, request_content_type: str, context: Any = None
 
 
 def predict_fn(input_data: Batch, model: CountPredictor, context: Any = None) -> Prediction:
-    return Prediction(model.predict(input_data.images, input_data.ids), lines=input_data.lines)
+    # expected quantities per image (None where absent), when the request decoder provides them
+    expected = getattr(input_data, "expected", None) or None
+    return Prediction(model.predict(input_data.images, input_data.ids, expected), lines=input_data.lines)
 
 
 def output_fn(prediction: Prediction, accept: str | None, context: Any = None) -> tuple[str, str]:

@@ -25,6 +25,29 @@ def feature_datamodule(cfg: DictConfig, model: pl.LightningModule) -> pl.Lightni
     return datamodule
 
 
+def fit_answers(cfg: DictConfig, model: pl.LightningModule) -> dict[str, Any] | None:
+    """The artifact's answer settings: the overflow class, and (``answers.fit``) the temperature,
+    review threshold and verdict thresholds fitted on ``<data_dir>/val``."""
+    overflow = bool(cfg.data.get("overflow", False))
+    answers = cfg.get("answers") or {}
+    if not answers.get("fit", False):
+        return {"overflow": True} if overflow else None
+    from src.training.answers import fit_on_folder
+
+    return fit_on_folder(
+        model.net,
+        cfg.data.image_size,
+        model.hparams.decision_rule,
+        Path(cfg.data.data_dir) / "val",
+        cfg.data.num_classes,
+        overflow=overflow,
+        target_accuracy=answers.target_accuracy,
+        verdict_precision=answers.verdict_precision,
+        calibrate=answers.get("calibrate", True),
+        batch_size=cfg.data.get("eval_batch_size") or cfg.data.batch_size,
+    )
+
+
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit, test the best checkpoint, write ``metrics.json``. Returns (metrics, objects)."""
     pl.seed_everything(cfg.seed, workers=True)
@@ -66,7 +89,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
         if best and not cfg.get("test", True):  # trainer.test already loaded the best weights
             load_net_weights(model.net, best)  # the best epoch, not the last
-        path = export_artifact(model.net, cfg.data.image_size, model.hparams.decision_rule, artifact_dir)
+        answers = fit_answers(cfg, model)
+        if answers and "calibration" in answers:
+            metrics.update({f"answers/{k}": v for k, v in answers["calibration"].items() if isinstance(v, float)})
+        path = export_artifact(
+            model.net, cfg.data.image_size, model.hparams.decision_rule, artifact_dir, answers=answers
+        )
         metrics["artifact_dir"] = str(path)
         log.info("Model artifact written to %s", path)
     if trainer.is_global_zero:
