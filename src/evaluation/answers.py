@@ -86,7 +86,7 @@ def overflow_metrics(pred: FolderPredictions) -> dict[str, Any]:
     }
 
 
-def _verdicts(p: torch.Tensor, answers: torch.Tensor, expected: torch.Tensor, settings: dict) -> list[str]:
+def verdicts(p: torch.Tensor, answers: torch.Tensor, expected: torch.Tensor, settings: dict) -> list[str]:
     """Same rule as CountPredictor.verdict, vectorised."""
     mt, mmt = settings.get("match_threshold"), settings.get("mismatch_threshold")
     if mt is None or mmt is None:
@@ -113,7 +113,7 @@ def reconciliation_metrics(pred: FolderPredictions) -> dict[str, Any]:
 
     probs, targets, answers = pred.probs, pred.targets.long(), pred.counts.long()
     right_p = probs.gather(1, targets[:, None])[:, 0]
-    right_v = _verdicts(right_p, answers, targets, pred.settings)
+    right_v = verdicts(right_p, answers, targets, pred.settings)
     out: dict[str, Any] = {
         "wrong_counts": "true +/- offset (seeded coin flip, reflected at the ends of the class range)",
         "mismatch_score": "1 - p_expected",
@@ -122,7 +122,7 @@ def reconciliation_metrics(pred: FolderPredictions) -> dict[str, Any]:
     for offset in OFFSETS:
         wrong = wrong_quantities(targets, offset, probs.shape[1], SEED + offset)
         wrong_p = probs.gather(1, wrong[:, None])[:, 0]
-        wrong_v = _verdicts(wrong_p, answers, wrong, pred.settings)
+        wrong_v = verdicts(wrong_p, answers, wrong, pred.settings)
         is_mis = torch.cat([torch.zeros(len(targets), dtype=torch.bool), torch.ones(len(targets), dtype=torch.bool)])
         score = 1.0 - torch.cat([right_p, wrong_p])
         auc = roc_auc_score(is_mis.numpy(), score.numpy()) if len(targets) else math.nan

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from src.evaluation.answers import answer_metrics, write_answer_plots
+from src.evaluation.answers import answer_metrics, verdicts, write_answer_plots
 from src.evaluation.batch import FolderPredictions
 from src.models.metrics import metrics_from_confusion
 
@@ -138,7 +138,9 @@ def _label(c: int, settings: dict) -> str:
 
 def write_predictions(pred: FolderPredictions, path: Path) -> Path:
     """One row per image. For a model with the overflow class, ``pred_count`` (and ``true_count``) is
-    empty when the answer (the truth) is "more than max_count": read ``pred_label`` (``>5``)."""
+    empty when the answer (the truth) is "more than max_count": read ``pred_label`` (``>5``).
+    ``p_true`` and ``verdict_true``: p_expected and the verdict when the bin is checked against its
+    true count (what a correct inventory record would get)."""
     num_classes = pred.probs.shape[1]
     settings = pred.settings
     overflow = bool(settings.get("overflow"))
@@ -147,12 +149,15 @@ def write_predictions(pred: FolderPredictions, path: Path) -> Path:
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         header = ["name", "true_count", "pred_count", "confidence", *p_cols, "true_label", "pred_label"]
-        writer.writerow(header + (["review"] if review_t is not None else []))
+        writer.writerow(header + (["review"] if review_t is not None else []) + ["p_true", "verdict_true"])
+        p_true = pred.probs.gather(1, pred.targets.long()[:, None])[:, 0]
+        v_true = verdicts(p_true, pred.counts, pred.targets, settings)
         rows = zip(pred.names, pred.targets.tolist(), pred.counts.tolist(), pred.probs.tolist(), strict=True)
-        for name, t, c, p in rows:
+        for i, (name, t, c, p) in enumerate(rows):
             tl, cl = _label(t, settings), _label(c, settings)
             row = [name, t if tl == str(t) else "", c if cl == str(c) else "", f"{p[c]:.6f}", *[f"{v:.6f}" for v in p], tl, cl]
-            writer.writerow(row + ([str(p[c] < review_t).lower()] if review_t is not None else []))
+            row += [str(p[c] < review_t).lower()] if review_t is not None else []
+            writer.writerow(row + [f"{p[t]:.6f}", v_true[i]])
     return path
 
 
