@@ -119,3 +119,11 @@ def test_verdict_thresholds_reach_their_precision_on_validation():
     assert is_match[said_match].double().mean() >= 0.9
     assert (~is_match[said_mismatch]).double().mean() >= 0.9
     assert not math.isnan(th["match_threshold"])
+
+
+def test_unreachable_verdict_precision_never_calls_match():
+    probs = torch.full((40, 6), 1 / 6)  # a model that knows nothing
+    targets = torch.arange(40) % 6
+    th = fit_verdict_thresholds(probs, targets, target_precision=0.99)
+    rule = VerdictRule(**th)
+    assert rule(1.0) != "match" and th["match_threshold"] > 1.0

@@ -119,7 +119,8 @@ class VerdictRule:
     mismatch_threshold: float
 
     def __post_init__(self):
-        if not 0.0 <= self.mismatch_threshold <= self.match_threshold <= 1.0:
+        # a threshold just above 1 (an unreachable target) means "never match"
+        if not 0.0 <= self.mismatch_threshold <= self.match_threshold <= 1.0 + 1e-9:
             raise ValueError(
                 f"verdict thresholds need 0 <= mismatch ({self.mismatch_threshold}) <= match "
                 f"({self.match_threshold}) <= 1"
@@ -157,7 +158,7 @@ def fit_verdict_thresholds(
     # match: rank by p descending, like confidence; mismatch: rank by 1 - p descending.
     match_t = review_threshold(p, is_match, target_precision)
     mismatch_t = 1.0 - review_threshold(1.0 - p, ~is_match, target_precision)
-    match_t = min(match_t, 1.0)
+    # Unreachable targets: match_t stays just above 1 (no match call), mismatch_t falls to 0.
     mismatch_t = max(min(mismatch_t, match_t), 0.0)
     return {"match_threshold": float(match_t), "mismatch_threshold": float(mismatch_t)}
 

@@ -12,6 +12,7 @@ import torch
 from src.inference.artifact import model_config
 from src.inference.calibration import ece, fit_temperature, fit_verdict_thresholds, review_threshold
 from src.inference.predictor import CountPredictor
+from src.models.counting import predict_counts
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +27,6 @@ def fit_answer_settings(
     calibrate: bool = True,
 ) -> dict[str, Any]:
     """The ANSWER_KEYS values (plus ``calibration`` provenance) fitted on validation logits."""
-    from src.models.counting import predict_counts
-
     temperature = fit_temperature(logits, targets) if calibrate else 1.0
     counts = predict_counts(logits.softmax(-1), decision_rule, overflow)
     before = logits.softmax(-1)
