@@ -89,9 +89,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
         if best and not cfg.get("test", True):  # trainer.test already loaded the best weights
             load_net_weights(model.net, best)  # the best epoch, not the last
-        answers = fit_answers(cfg, model)
-        if answers and "calibration" in answers:
-            metrics.update({f"answers/{k}": v for k, v in answers["calibration"].items() if isinstance(v, float)})
+        answers = fit_answers(cfg, model)  # recorded in the artifact (rank 0 only: not in the metrics)
         path = export_artifact(
             model.net, cfg.data.image_size, model.hparams.decision_rule, artifact_dir, answers=answers
         )
