@@ -299,3 +299,18 @@ def test_training_with_overflow_fits_answers_and_evaluation_reports_them(tiny_cf
     assert over_rows and all(r["true_count"] == "" for r in over_rows)
     assert all((r["pred_count"] == "") == (r["pred_label"] == ">5") for r in rows)
     assert {"p_overflow", "review"} <= rows[0].keys()
+
+
+def test_counts_are_decided_before_calibration_even_from_calibrated_probabilities():
+    """The handler passes probabilities() to results(): the count must still be the raw one."""
+    from src.inference.artifact import model_config
+    from src.models.counting import predict_counts
+
+    config = model_config(net_with(6), SIZE, "expected", {"temperature": 4.0})
+    predictor = CountPredictor(net_with(6), config, channels_last=False)
+    logits = torch.tensor([[10.0, 0, 0, 0, 0, 0], [0, 0, 3.0, 0, 0, 2.0]])
+    calibrated = predictor.calibrate(logits)
+    raw_counts = predict_counts(logits.softmax(-1), "expected")
+    assert not torch.equal(predict_counts(calibrated, "expected"), raw_counts)  # the trap is real
+    assert torch.equal(predictor.decide(calibrated), raw_counts)
+    assert [r["count"] for r in predictor.results(calibrated)] == raw_counts.tolist()

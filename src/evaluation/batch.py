@@ -113,7 +113,7 @@ def predict_folder(
         names=names,
         targets=torch.cat(targets),
         probs=probs_t,
-        counts=predictor.counts(logits_t),
+        counts=predictor.decide(probs_t),
         skipped=skipped,
         logits=logits_t,
         settings=predictor_settings(predictor),

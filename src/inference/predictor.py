@@ -94,11 +94,13 @@ class CountPredictor:
     def calibrate(self, logits: torch.Tensor) -> torch.Tensor:
         return apply_temperature(logits, self.temperature)
 
-    def counts(self, logits: torch.Tensor) -> torch.Tensor:
-        """Class index per row (``max_count + 1`` is the overflow class when the model has it).
-        Decided on the uncalibrated probabilities, so a temperature never changes a count (it
-        would move the ``expected`` rule's sum k * p_k)."""
-        return predict_counts(logits.softmax(-1), self.decision_rule, self.overflow)
+    def decide(self, probs: torch.Tensor) -> torch.Tensor:
+        """Class index per row of calibrated ``probs`` (``max_count + 1``: the overflow class).
+        Decided on the uncalibrated probabilities, softmax(T * log p), so a temperature never
+        changes a count (it would move the ``expected`` rule's sum k * p_k)."""
+        if self.temperature:
+            probs = (self.temperature * probs.double().clamp_min(1e-300).log()).softmax(-1)
+        return predict_counts(probs, self.decision_rule, self.overflow)
 
     def label(self, index: int) -> str:
         return f">{self.max_count}" if self.overflow and index > self.max_count else str(index)
@@ -130,13 +132,13 @@ class CountPredictor:
         expected: list[int | None] | None = None,
         counts: torch.Tensor | None = None,
     ) -> list[dict[str, Any]]:
-        """One result dict per row of (calibrated) ``probs`` (see the module docstring); ``counts``:
-        the class per row (default: decided on ``probs``); ``expected`` (per row, or None) adds
-        ``expected_quantity``, ``p_expected`` and ``verdict``."""
+        """One result dict per row of calibrated ``probs`` (``probabilities()``; see the module
+        docstring); ``counts``: the class per row (default ``decide(probs)``); ``expected`` (per row,
+        or None) adds ``expected_quantity``, ``p_expected`` and ``verdict``."""
         expected = expected or [None] * len(probs)
         checked = [None if q is None else self.check_expected(q) for q in expected]
         if counts is None:
-            counts = predict_counts(probs, self.decision_rule, self.overflow)
+            counts = self.decide(probs)
         out = []
         for i, (index, row) in enumerate(zip(counts.tolist(), probs.tolist(), strict=True)):
             is_over = self.overflow and index > self.max_count
@@ -166,9 +168,6 @@ class CountPredictor:
         results: list[dict[str, Any]] = []
         for start in range(0, len(images), MAX_BATCH):
             chunk = slice(start, start + MAX_BATCH)
-            logits = self.logits(self.preprocess(images[chunk]))
-            results += self.results(
-                self.calibrate(logits), ids[chunk] if ids else None, expected[chunk] if expected else None,
-                counts=self.counts(logits),
-            )
+            probs = self.probabilities(self.preprocess(images[chunk]))
+            results += self.results(probs, ids[chunk] if ids else None, expected[chunk] if expected else None)
         return results
