@@ -6,6 +6,7 @@ the same counts and the uncalibrated probabilities."""
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
 import os
@@ -22,15 +23,25 @@ from src.evaluation.runner import evaluate
 from src.inference.artifact import export_artifact
 from src.inference.predictor import CountPredictor
 from src.serving.app import create_app
-from src.serving.handler import Batch, input_fn, model_fn, output_fn, predict_fn
-from tests.test_serving import IMAGE_SIZE, STANDALONE, fake_checkpoint, one_torch_thread, tiny_net  # noqa: F401
+from src.serving.handler import input_fn, model_fn, output_fn, predict_fn
+from tests.test_serving import IMAGE_SIZE, fake_checkpoint, one_torch_thread, tiny_net  # noqa: F401
 
-# STANDALONE with the image checked against an expected quantity (argv[4]) through code/inference.py.
-STANDALONE_EXPECTED = STANDALONE.replace(
-    'data = inference.input_fn(open(image, "rb").read(), "image/jpeg")',
-    'data = inference.input_fn(open(image, "rb").read(), "image/jpeg")\n'
-    'data.expected = getattr(data, "expected", None) or [int(sys.argv[4])]',
-)
+# code/inference.py alone (only code/ and site-packages on the path), the image checked against an
+# expected quantity (argv[4]) sent as JSON the way a batch-transform line carries it.
+STANDALONE_EXPECTED = r"""
+import base64, json, sys
+code_dir, model_dir, image, quantity = sys.argv[1:5]
+sys.path[:] = [code_dir] + [p for p in sys.path if "site-packages" in p or "lib/python" in p]
+import inference
+assert inference.__file__.startswith(code_dir), inference.__file__
+doc = {"image": base64.b64encode(open(image, "rb").read()).decode(), "expected_quantity": int(quantity)}
+data = inference.input_fn(json.dumps(doc), "application/json")
+if hasattr(data, "images") and not getattr(data, "expected", None):  # a decoder that predates expected_quantity
+    data.expected = [int(quantity)]
+body, ctype = inference.output_fn(inference.predict_fn(data, inference.model_fn(model_dir)), "application/json")
+heavy = [m for m in ("pytorch_lightning", "lightning", "hydra", "omegaconf") if m in sys.modules]
+print(json.dumps({"body": json.loads(body), "ctype": ctype, "heavy": heavy}))
+"""
 
 
 # A temperature that visibly changes probabilities; thresholds that give both review flags and all
@@ -69,9 +80,9 @@ def handler_results(model, folder: Path, names: list[str]) -> dict[str, tuple]:
     """The handler called directly, each image checked against its true count."""
     out = {}
     for name in names:
-        batch = input_fn((folder / name).read_bytes(), "image/jpeg")
-        if not getattr(batch, "expected", None):  # the decoder of raw images carries no quantity: add it
-            batch = Batch(batch.images, batch.ids, batch.lines)
+        doc = {"image": base64.b64encode((folder / name).read_bytes()).decode(), "expected_quantity": true_count(name)}
+        batch = input_fn(json.dumps(doc), "application/json")
+        if hasattr(batch, "images") and not getattr(batch, "expected", None):  # a decoder that predates expected_quantity
             batch.expected = [true_count(name)]
         body, _ = output_fn(predict_fn(batch, model), "application/json")
         [r] = json.loads(body)["predictions"]
@@ -128,8 +139,6 @@ def test_evaluate_handler_http_and_checkpoint_agree(setup):
 
 def test_http_json_with_expected_quantity_matches_evaluate(setup):
     """Verdicts over HTTP: JSON bodies with ``expected_quantity`` (parsed by the request decoder)."""
-    import base64
-
     batch = batch_predictions(setup)
     images = setup["images"]
     with TestClient(create_app(CountPredictor.from_model_dir(setup["model_dir"]))) as client:
