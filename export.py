@@ -5,6 +5,8 @@
 
 Writes <out>/model.pt, model_config.json, code/ and <out>/../model.tar.gz. The backbone is
 recognised from the checkpoint's weights; --net-name/--image-size/--decision-rule override.
+Re-exporting a --model-dir keeps its answer settings (overflow class, temperature, review and
+verdict thresholds); a checkpoint carries only the overflow class: train.py fits the rest.
 """
 
 import argparse
@@ -29,18 +31,24 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     from pathlib import Path
 
-    from src.inference.artifact import export_artifact, load_artifact, tarball_path
+    from src.inference.artifact import answer_settings, export_artifact, load_artifact, tarball_path
 
     args = parse_args(argv)
     if args.model_dir:
         net, config = load_artifact(args.model_dir)
-        out = export_artifact(net, config["image_size"], config["decision_rule"], args.out or args.model_dir, onnx=args.onnx)
+        out = export_artifact(
+            net, config["image_size"], config["decision_rule"], args.out or args.model_dir, onnx=args.onnx,
+            answers=answer_settings(config),
+        )
     else:
         from src.inference.checkpoint import load_checkpoint
 
         loaded = load_checkpoint(args.ckpt, args.net_name, args.image_size, args.decision_rule)
         default = Path(args.ckpt).resolve().parent.parent / "model"
-        out = export_artifact(loaded.net, loaded.image_size, loaded.decision_rule, args.out or default, onnx=args.onnx)
+        out = export_artifact(
+            loaded.net, loaded.image_size, loaded.decision_rule, args.out or default, onnx=args.onnx,
+            answers={"overflow": True} if loaded.overflow else None,
+        )
     print(f"artifact: {out}\ntarball:  {tarball_path(out)}")
     return 0
 

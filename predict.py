@@ -1,14 +1,21 @@
 """Count objects in images: `python predict.py --model-dir <run>/model IMAGE_OR_FOLDER ... [--json]`.
 
-Prints one line per image: name, count, confidence (tab-separated); --json prints one JSON object
-{"predictions": [{name, count, confidence, probabilities}], "errors": [{name, error}]}.
+Prints one line per image: name, label (the count, or ">5" for a model with the "more than 5"
+class), confidence (tab-separated); --json prints one JSON object
+{"predictions": [{name, count, label, confidence, probabilities, ...}], "errors": [{name, error}]}.
 Folders are searched recursively; symlinks are followed only inside the folder, never into a loop;
 skipped entries and unreadable images are listed on stderr (and under "errors").
 
+Check bins against their expected quantities: `python predict.py --model-dir <dir> --manifest bins.csv
+[--out verdicts.csv] [--json]`, where bins.csv has the columns image,expected_quantity (image paths
+relative to the CSV). One verdict per row (match | mismatch | review); a row whose image cannot be
+read or whose quantity is bad gets its error in its own row, and the rest still run.
+docs/warehouse.md has the details.
+
 Exit status:
-  0  every image was counted
-  1  some inputs were skipped or unreadable (the others were counted)
-  2  bad arguments, or a path that does not exist
+  0  every image was counted (every manifest row answered)
+  1  some inputs were skipped or unreadable, or some manifest rows failed (the others were answered)
+  2  bad arguments, or a path or manifest that does not exist
   3  nothing to do: no image file under the given paths (and nothing skipped)
   4  the model failed to load (nothing was counted)
 """
@@ -24,20 +31,66 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      epilog=__doc__[__doc__.index("Exit status"):],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
+    parser.add_argument("paths", nargs="*", help="image files or folders (searched recursively)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model-dir", help="model artifact folder (train.py writes <run>/model)")
     source.add_argument("--ckpt", help="a train.py checkpoint (.ckpt)")
+    parser.add_argument("--manifest", help="CSV with columns image,expected_quantity: one verdict per row")
+    parser.add_argument("--out", help="with --manifest: write the verdicts to this CSV")
     parser.add_argument("--backend", choices=["torch", "onnx"], default="torch")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--json", action="store_true", help="print JSON instead of lines")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if bool(args.paths) == bool(args.manifest):
+        parser.error("give image paths or --manifest, not both (and not neither)")
+    if args.out and not args.manifest:
+        parser.error("--out goes with --manifest")
+    return args
+
+
+def run_manifest(predictor, args) -> int:
+    from src.serving.predict import predict_manifest, write_verdicts
+
+    try:
+        rows = predict_manifest(predictor, args.manifest, batch_size=args.batch_size)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.out:
+        write_verdicts(rows, args.out)
+    if args.json:
+        print(json.dumps({"predictions": rows}, indent=2))
+    elif not args.out:
+        for r in rows:
+            if "error" in r:
+                print(f"{r['image']}\t{r['expected_quantity']}\terror: {r['error']}")
+            else:
+                print(f"{r['image']}\t{r['expected_quantity']}\t{r['verdict']}\t{r['label']}\t{r['p_expected']:.3f}")
+    errors = [r for r in rows if "error" in r]
+    for r in errors:
+        print(f"row {r['row']} ({r['image']}): {r['error']}", file=sys.stderr)
+    return EXIT_SOME_UNREADABLE if errors else EXIT_OK
+
+
+def load(args):
+    """The predictor, or None after printing why it failed to load (exit status 4)."""
+    from src.inference.loading import load_predictor
+
+    try:
+        return load_predictor(model_dir=args.model_dir, ckpt_path=args.ckpt, backend=args.backend)[0]
+    except Exception as err:  # any failure here means no answer at all: say so in one line
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"error: the model failed to load: {detail}", file=sys.stderr)
+        return None
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     from src.serving.predict import find_images, predict_paths
 
+    if args.manifest:
+        predictor = load(args)
+        return EXIT_MODEL_FAILED if predictor is None else run_manifest(predictor, args)
     try:
         found = find_images(args.paths)  # cheap checks first: a typo costs no model load
     except FileNotFoundError as err:
@@ -49,20 +102,15 @@ def main(argv=None) -> int:
         print(f"error: no .jpg/.jpeg/.png image to count under {' '.join(args.paths)}", file=sys.stderr)
         return EXIT_SOME_UNREADABLE if found.skipped else EXIT_NOTHING_TO_DO
 
-    from src.inference.loading import load_predictor
-
-    try:
-        predictor, _ = load_predictor(model_dir=args.model_dir, ckpt_path=args.ckpt, backend=args.backend)
-    except Exception as err:  # any failure here means no answer at all: say so in one line
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"error: the model failed to load: {detail}", file=sys.stderr)
+    predictor = load(args)
+    if predictor is None:
         return EXIT_MODEL_FAILED
     out = predict_paths(predictor, found, batch_size=args.batch_size)
     if args.json:
         print(json.dumps({"predictions": out.predictions, "errors": out.errors}, indent=2))
     else:
         for p in out.predictions:
-            print(f"{p['name']}\t{p['count']}\t{p['confidence']:.3f}")
+            print(f"{p['name']}\t{p['label']}\t{p['confidence']:.3f}")
     for e in out.errors[len(found.skipped):]:  # skipped entries were listed above
         print(f"skipped {e['name']}: {e['error']}", file=sys.stderr)
     return EXIT_SOME_UNREADABLE if out.errors else EXIT_OK

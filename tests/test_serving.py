@@ -387,7 +387,10 @@ def test_train_writes_the_artifact_of_the_best_checkpoint(tiny_cfg, tmp_path):
     from_dir, described = load_predictor(model_dir=model_dir)
     assert described["image_size"] == 64 and described["net"]["name"] == "resnet18"
     x = torch.randn(4, 3, 64, 64)
-    assert torch.allclose(from_ckpt.probabilities(x), from_dir.probabilities(x), atol=1e-6)
+    assert torch.allclose(from_ckpt.logits(x), from_dir.logits(x), atol=1e-5)  # the same weights
+    # the artifact adds the temperature fitted on val (a checkpoint has none)
+    temperature = described["temperature"]
+    assert torch.allclose((from_ckpt.logits(x) / temperature).softmax(-1), from_dir.probabilities(x), atol=1e-6)
 
 
 @pytest.mark.parametrize("default, expected", [(None, "application/jsonlines"), ("*/*", "application/jsonlines"),

@@ -61,6 +61,8 @@ class BinDataModule(pl.LightningDataModule):
     ``data.subset=0.1``); validation and test stay whole so metrics remain comparable.
     ``weighted_sampler`` draws training images with probability inverse to their class frequency.
     ``data=features`` selects its subclass ``FeatureDataModule`` (cached frozen-backbone features).
+    ``overflow`` reads one extra last class, "more than max_count" (``<split>/6plus/`` written by
+    ``prepare_data.py overflow=true``); ``num_classes`` then counts it (7 for 0..5 plus 6plus).
     ``prepare`` (settings of ``src.data.prepare.prepare`` minus ``output``) prepares raw ABID into
     ``data_dir`` first when it holds no finished preparation (no ``manifest.json``).
     """
@@ -83,6 +85,7 @@ class BinDataModule(pl.LightningDataModule):
         seed: int = 42,
         generator: dict | None = None,
         prepare: dict | None = None,
+        overflow: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -112,10 +115,11 @@ class BinDataModule(pl.LightningDataModule):
                 f"Data folder {folder} does not exist. " + PREPARE_HINT.format(path=self.data_dir)
             )
         hp = self.hparams
-        dataset = CountFolder(folder, hp.num_classes, build_transform(hp.image_size, train, hp.hflip, hp.dihedral))
+        transform = build_transform(hp.image_size, train, hp.hflip, hp.dihedral)
+        dataset = CountFolder(folder, hp.num_classes, transform, overflow=hp.overflow)
         if len(dataset) == 0:
             raise FileNotFoundError(
-                f"Data folder {folder} holds no readable images in 0..{hp.num_classes - 1}/. "
+                f"Data folder {folder} holds no readable images in {', '.join(dataset.classes)}/. "
                 + PREPARE_HINT.format(path=self.data_dir)
             )
         return dataset

@@ -15,7 +15,7 @@ from PIL import Image
 from torchvision.datasets import ImageFolder
 
 from src.data.files import walk_files
-from src.data.layout import IMAGE_EXTENSIONS
+from src.data.layout import IMAGE_EXTENSIONS, overflow_folder
 
 log = logging.getLogger(__name__)
 
@@ -55,17 +55,24 @@ class CountFolder(ImageFolder):
 
     Class folders are ``0..num_classes-1`` whatever subset exists on disk (torchvision would
     otherwise renumber them alphabetically and silently shift labels when a class is missing).
-    Files that fail the validity check, special files and symlinks that leave the folder or loop
-    are skipped and listed in ``skipped`` as (path, reason).
+    With ``overflow`` the last class is "more than max_count" (max_count = num_classes - 2), read
+    from the folder ``overflow_folder(max_count)`` (``6plus``). Files that fail the validity check,
+    special files and symlinks that leave the folder or loop are skipped and listed in ``skipped``
+    as (path, reason).
     """
 
-    def __init__(self, root: str | Path, num_classes: int = 6, transform: Callable | None = None):
+    def __init__(
+        self, root: str | Path, num_classes: int = 6, transform: Callable | None = None, overflow: bool = False
+    ):
+        if overflow and num_classes < 2:
+            raise ValueError(f"overflow needs num_classes >= 2 (counts 0..max_count plus one), got {num_classes}")
         self.num_classes = num_classes
+        self.overflow = overflow
         self.skipped: list[tuple[str, str]] = []
         super().__init__(str(root), transform=transform, loader=load_rgb, is_valid_file=self._keep, allow_empty=True)
         for name in sorted(p.name for p in Path(root).iterdir() if p.is_dir()):
             if name not in self.class_to_idx:
-                log.warning("Ignoring folder %s/%s: counts are 0..%d", root, name, num_classes - 1)
+                log.warning("Ignoring folder %s/%s: classes are %s", root, name, ", ".join(self.classes))
         present = set(self.targets)
         empty = [c for c in self.classes if self.class_to_idx[c] not in present]
         if empty:
@@ -77,11 +84,14 @@ class CountFolder(ImageFolder):
             )
 
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
-        classes = [str(i) for i in range(self.num_classes)]
+        if self.overflow:
+            classes = [str(i) for i in range(self.num_classes - 1)] + [overflow_folder(self.num_classes - 2)]
+        else:
+            classes = [str(i) for i in range(self.num_classes)]
         present = [c for c in classes if (Path(directory) / c).is_dir()]
         if not present:
             raise FileNotFoundError(
-                f"{directory} has no count folders 0..{self.num_classes - 1}; "
+                f"{directory} has no class folders {', '.join(classes)}; "
                 "expected <split>/<count>/<image>.jpg"
             )
         return classes, {c: i for i, c in enumerate(classes)}

@@ -1,7 +1,8 @@
 """Prepare ABID: raw ``bin-images/`` + ``metadata/`` -> ``<output>/{train,val,test}/<count>/<name>.jpg``.
 
 Source and output are each a local folder or an ``s3://`` prefix (see ``storage``). The job reads
-every selected metadata JSON, keeps counts ``0..max_count``, assigns splits (``split``), then copies
+every selected metadata JSON, keeps counts ``0..max_count`` (with ``overflow=True`` also the bins
+holding more, as one extra class in the folder ``6plus`` for max_count 5), assigns splits (``split``), then copies
 (or resizes) the images with a pool of threads. Every image write is atomic, images already in the
 output are skipped, so a killed job resumes where it stopped and a finished one reruns without
 writing anything. Items that cannot be used are skipped and listed in ``rejects.csv`` with a reason.
@@ -47,7 +48,7 @@ from src.data.abid import (
     resize_jpeg,
     target_size,
 )
-from src.data.layout import SPLITS
+from src.data.layout import SPLITS, overflow_folder
 from src.data.split import assign_splits, check_fractions, shard_of
 from src.data.storage import LocalStore, Missing, open_store, read_uri
 
@@ -88,7 +89,7 @@ class NothingUsable(RuntimeError):
 class Report:
     """What a run found and did."""
 
-    dataset: dict[str, tuple[int, str]]  # name -> (count, split), every usable image
+    dataset: dict[str, tuple[int, str]]  # name -> (class, split); class max_count + 1: overflow
     rejects: list[tuple[str, str, str]]  # (name, reason, detail)
     above_max_count: int = 0
     written: int = 0
@@ -96,6 +97,11 @@ class Report:
     pruned: list[str] = field(default_factory=list)
     dry_run: bool = False
     seconds: float = 0.0
+    max_count: int | None = None  # set with overflow: class max_count + 1 is shown as its folder name
+
+    def folder(self, c: int) -> str:
+        """The class folder (and label in summaries) of class index ``c``."""
+        return overflow_folder(self.max_count) if self.max_count is not None and c > self.max_count else str(c)
 
     def table(self) -> str:
         """Images per count and split, as a small text table."""
@@ -103,7 +109,7 @@ class Report:
         lines = ["count " + "".join(f"{s:>8}" for s in SPLITS) + f"{'total':>8}"]
         for c in sorted({c for c, _ in self.dataset.values()}):
             row = [counts[(c, s)] for s in SPLITS]
-            lines.append(f"{c:>5} " + "".join(f"{n:>8}" for n in row) + f"{sum(row):>8}")
+            lines.append(f"{self.folder(c):>5} " + "".join(f"{n:>8}" for n in row) + f"{sum(row):>8}")
         totals = [sum(n for (_, s), n in counts.items() if s == split) for split in SPLITS]
         lines.append("  all " + "".join(f"{n:>8}" for n in totals) + f"{sum(totals):>8}")
         return "\n".join(lines)
@@ -174,12 +180,12 @@ def _read_count(source, name: str) -> int | BadItem:
         return BadItem("metadata unreadable", f"{type(err).__name__}: {err}")
 
 
-def _image_task(source, output, existing: set[str], resize, jpeg_quality: int, dry_run: bool):
+def _image_task(source, output, existing: set[str], resize, jpeg_quality: int, dry_run: bool, folder=str):
     """Build the per-image job: returns ``"written"``, ``"existing"`` or a BadItem."""
 
     def run(item: tuple[str, int, str]) -> str | BadItem:
         name, count, split = item
-        key = f"{split}/{count}/{name}.jpg"
+        key = f"{split}/{folder(count)}/{name}.jpg"
         if key in existing:
             return "existing"
         try:
@@ -219,7 +225,7 @@ def stats_of(report: Report, settings: Mapping[str, Any]) -> dict[str, Any]:
     per_class = {}
     for c in classes:
         row = {s: counts[(c, s)] for s in SPLITS}
-        per_class[str(c)] = {**row, "total": sum(row.values())}
+        per_class[report.folder(c)] = {**row, "total": sum(row.values())}
     return {
         "images": len(report.dataset),
         "per_class": per_class,
@@ -235,18 +241,19 @@ def plot_distribution(stats: Mapping[str, Any]) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    classes = [int(c) for c in stats["per_class"]]
+    labels = list(stats["per_class"])
+    classes = list(range(len(labels)))
     fig = Figure(figsize=(6, 3.6), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     bottom = [0] * len(classes)
     for split in SPLITS:
-        heights = [stats["per_class"][str(c)][split] for c in classes]
+        heights = [stats["per_class"][c][split] for c in labels]
         ax.bar(classes, heights, bottom=bottom, label=split)
         bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
     for x, total in zip(classes, bottom, strict=True):
         ax.annotate(str(total), (x, total), ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(classes)
+    ax.set_xticks(classes, labels)
     ax.set_xlabel("objects in bin (EXPECTED_QUANTITY)")
     ax.set_ylabel("images")
     ax.set_title(f"ABID images per count: {stats['images']} kept, {stats['above_max_count']} above max_count")
@@ -261,9 +268,9 @@ def summary_files(report: Report, stats: Mapping[str, Any], plot: bool = True) -
     """The non-image outputs, as bytes: manifest, splits, stats, rejects and the class plot."""
     manifest: dict[str, dict[str, list[str]]] = {s: {} for s in SPLITS}
     for name, (count, split) in sorted(report.dataset.items()):
-        manifest[split].setdefault(str(count), []).append(name)
-    manifest = {s: dict(sorted(m.items(), key=lambda kv: int(kv[0]))) for s, m in manifest.items()}
-    rows = ((name, count, split) for name, (count, split) in sorted(report.dataset.items()))
+        manifest[split].setdefault(count, []).append(name)
+    manifest = {s: {report.folder(c): m[c] for c in sorted(m)} for s, m in manifest.items()}
+    rows = ((name, report.folder(count), split) for name, (count, split) in sorted(report.dataset.items()))
     files = {
         "manifest.json": _json(manifest),
         "splits.csv": _csv(["name", "count", "split"], rows),
@@ -333,6 +340,7 @@ def prepare(
     plot: bool = True,
     progress: bool = True,
     shard: str | None = None,
+    overflow: bool = False,
 ) -> Report:
     """Prepare ``source`` into ``output``; see the module docstring. Raises NothingUsable when nothing is left.
 
@@ -350,6 +358,8 @@ def prepare(
         "source": str(source), "ids": ids, "max_count": max_count, "seed": seed,
         "fractions": fractions, "resize": resize, "jpeg_quality": jpeg_quality,
     }  # fmt: skip
+    if overflow:  # only then, so stats.json of a plain preparation reads as before
+        settings["overflow"] = True
     src = open_store(source, unsigned, max_pool_connections=workers)
     out = open_store(output, unsigned=False, max_pool_connections=workers)
     if not dry_run:
@@ -378,6 +388,8 @@ def prepare(
             rejects.append((name, result.reason, result.detail))
         elif result > max_count:
             above += 1
+            if overflow:  # one class for every count above: the model answers "more than max_count"
+                counts[name] = max_count + 1
         else:
             counts[name] = result
 
@@ -392,8 +404,9 @@ def prepare(
         log.info("Shard %d of %d: copying %d of %d image(s)", rank, shards, len(mine), len(items))
     if not dry_run and not has_settings and rank == 0:
         out.write("prepare.json", _json({k: settings[k] for k in LOCKED_SETTINGS}))
-    task = _image_task(src, out, existing, resize, jpeg_quality, dry_run)
     report = Report(dataset={}, rejects=rejects, above_max_count=above, dry_run=dry_run)
+    report.max_count = max_count if overflow else None
+    task = _image_task(src, out, existing, resize, jpeg_quality, dry_run, report.folder)
     outcomes = _parallel(task, mine, workers, "images" + (" (dry run)" if dry_run else ""), progress)
     own_rejects, failed = [], set()
     for (name, _, _), outcome in zip(mine, outcomes, strict=True):
@@ -408,7 +421,7 @@ def prepare(
     rejects += own_rejects
     rejects.sort()
 
-    wanted = {f"{split}/{count}/{name}.jpg" for name, (count, split) in report.dataset.items()}
+    wanted = {f"{split}/{report.folder(count)}/{name}.jpg" for name, (count, split) in report.dataset.items()}
     stale = (k for k in existing - wanted if shard_of(k.rsplit("/", 1)[-1][: -len(".jpg")], shards) == rank)
     report.pruned = sorted(stale) if prune else []
     stats = stats_of(report, settings)
@@ -425,8 +438,9 @@ def prepare(
 
     verb = "would write" if dry_run else "wrote"
     log.info(
-        "%s %d image(s), %d already there, %d rejected, %d above max_count %d, %d stale removed%s, in %.1f s\n%s",
-        verb, report.written, report.existing, len(rejects), above, max_count, len(report.pruned),
+        "%s %d image(s), %d already there, %d rejected, %d above max_count %d%s, %d stale removed%s, in %.1f s\n%s",
+        verb, report.written, report.existing, len(rejects), above, max_count,
+        f" (kept as {overflow_folder(max_count)}/)" if overflow else "", len(report.pruned),
         " (dry run)" if dry_run else "", report.seconds, report.table(),
     )  # fmt: skip
     if rejects:

@@ -1,4 +1,5 @@
-"""Batch prediction over a labelled folder ``<eval_dir>/<count>/<image>``; bad images are skipped."""
+"""Batch prediction over a labelled folder ``<eval_dir>/<count>/<image>`` (and ``6plus/`` for a
+model with the overflow class); bad images are skipped."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from src.data.images import CountFolder, load_rgb
 from src.inference.predictor import CountPredictor
-from src.models.counting import predict_counts
 
 log = logging.getLogger(__name__)
 
@@ -21,9 +21,11 @@ log = logging.getLogger(__name__)
 class FolderPredictions:
     names: list[str]
     targets: torch.Tensor  # (N,) true counts
-    probs: torch.Tensor  # (N, C)
+    probs: torch.Tensor  # (N, C), calibrated with the artifact's temperature when it has one
     counts: torch.Tensor  # (N,) predicted counts
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
+    logits: torch.Tensor | None = None  # (N, C) raw, before calibration
+    settings: dict = field(default_factory=dict)  # the predictor's answer settings (predictor_settings)
 
 
 class _LabelledImages(Dataset):
@@ -51,6 +53,20 @@ def _collate(items):
     return idx, torch.stack([it[1] for it in ok]), torch.tensor([it[2] for it in ok]), bad
 
 
+def predictor_settings(predictor: CountPredictor) -> dict:
+    """How the predictor answers: what the report needs to recompute reviews and verdicts."""
+    rule = predictor.verdict_rule
+    return {
+        "decision_rule": predictor.decision_rule,
+        "max_count": predictor.max_count,
+        "overflow": predictor.overflow,
+        "temperature": predictor.temperature,
+        "review_threshold": predictor.review_threshold,
+        "match_threshold": rule.match_threshold if rule else None,
+        "mismatch_threshold": rule.mismatch_threshold if rule else None,
+    }
+
+
 def predict_folder(
     predictor: CountPredictor,
     eval_dir: str | Path,
@@ -58,14 +74,15 @@ def predict_folder(
     batch_size: int = 32,
     num_workers: int = 0,
 ) -> FolderPredictions:
-    """Predict every image under ``eval_dir/0..num_classes-1``; unreadable ones are reported."""
+    """Predict every image under the class folders of ``eval_dir`` (``0..5`` and, for a model with
+    the overflow class, ``6plus``); unreadable ones are reported."""
     eval_dir = Path(eval_dir)
     if not eval_dir.is_dir():
         raise FileNotFoundError(
             f"Evaluation folder {eval_dir} does not exist: pass eval_dir=<folder with 0..{num_classes - 1}/ "
             "subfolders> or prepare the test split with prepare_data.py"
         )
-    folder = CountFolder(eval_dir, num_classes)  # lists samples; skips files failing the header check
+    folder = CountFolder(eval_dir, num_classes, overflow=predictor.overflow)  # lists samples; skips files failing the header check
     skipped = [(Path(p).relative_to(eval_dir).as_posix(), why) for p, why in folder.skipped]
     if not folder.samples and not skipped:
         raise FileNotFoundError(f"No images under {eval_dir}/0..{num_classes - 1}/")
@@ -75,26 +92,29 @@ def predict_folder(
         num_workers=num_workers,
         collate_fn=_collate,
     )
-    order, probs, targets = [], [], []
+    order, logits, targets = [], [], []
     for idx, x, y, bad in loader:
         for i, why in bad:
             skipped.append((Path(folder.samples[i][0]).relative_to(eval_dir).as_posix(), why))
         if idx is None:
             continue
         order.append(idx)
-        probs.append(predictor.probabilities(x))
+        logits.append(predictor.logits(x))
         targets.append(y)
     for name, why in skipped:
         log.warning("Skipped unreadable image %s: %s", name, why)
     if not order:
         raise ValueError(f"None of the images under {eval_dir} could be read ({len(skipped)} skipped)")
     order_t = torch.cat(order)
-    probs_t = torch.cat(probs)
+    logits_t = torch.cat(logits)
+    probs_t = predictor.calibrate(logits_t)
     names = [Path(folder.samples[i][0]).relative_to(eval_dir).as_posix() for i in order_t.tolist()]
     return FolderPredictions(
         names=names,
         targets=torch.cat(targets),
         probs=probs_t,
-        counts=predict_counts(probs_t, predictor.decision_rule),
+        counts=predictor.decide(probs_t),
         skipped=skipped,
+        logits=logits_t,
+        settings=predictor_settings(predictor),
     )

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from src.evaluation.answers import answer_metrics, verdicts, write_answer_plots
 from src.evaluation.batch import FolderPredictions
 from src.models.metrics import metrics_from_confusion
 
@@ -59,6 +60,8 @@ def build_metrics(pred: FolderPredictions, num_classes: int) -> dict[str, Any]:
     metrics["skipped"] = [{"name": n, "reason": why} for n, why in pred.skipped]
     metrics["constant_predictor"] = constant_predictors(cm)
     metrics["baseline"] = BASELINE
+    if pred.logits is not None:  # calibration, risk-coverage, reconciliation (and overflow)
+        metrics.update(answer_metrics(pred))
     return metrics
 
 
@@ -100,6 +103,7 @@ def summary_table(metrics: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     fmt_row = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))  # noqa: E731
     lines = [fmt_row(header), "  ".join("-" * w for w in widths), *map(fmt_row, rows)]
+    lines += answer_lines(metrics)
     lines.append(
         f"n = {metrics['n']} images ({metrics['n_skipped']} unreadable, excluded); "
         "the baseline's figures are on the abid_challenge validation split, not these images"
@@ -107,13 +111,53 @@ def summary_table(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def answer_lines(metrics: dict[str, Any]) -> list[str]:
+    """The warehouse's numbers under the table (docs/warehouse.md)."""
+    lines = []
+    if "overflow" in metrics:
+        o = metrics["overflow"]
+        lines.append(f"more than {len(metrics['confusion_matrix']) - 2}: precision {_pct(o['overflow_precision'])} %, "
+                     f"recall {_pct(o['overflow_recall'])} % (n = {o['n_overflow']}); on the in-range images: "
+                     f"accuracy {_pct(o['inrange_acc'])} %, RMSE {_num(o['inrange_rmse'])}")
+    if "calibration" in metrics:
+        c, s = metrics["calibration"], metrics["selective"]
+        lines.append(f"ECE {_num(c['ece_before'])} raw -> {_num(c['ece_after'])} calibrated; accuracy at 50 % coverage "
+                     f"{_pct(s['acc_at_50'])} %, at 80 % {_pct(s['acc_at_80'])} %"
+                     + (f"; review share {_pct(s['review_share'])} %, accepted accuracy {_pct(s['accepted_accuracy'])} %"
+                        if "review_share" in s else ""))
+        r = metrics["reconciliation"]
+        lines.append(f"mismatch ROC AUC off by 1: {_num(r['off_by_1']['roc_auc'])}, off by 2: {_num(r['off_by_2']['roc_auc'])}; "
+                     f"mismatch precision {_pct(r['all']['mismatch_precision'])} %, recall {_pct(r['all']['mismatch_recall'])} %, "
+                     f"sent to review {_pct(r['all']['review_share'])} %")
+    return lines
+
+
+def _label(c: int, settings: dict) -> str:
+    return f">{settings['max_count']}" if settings.get("overflow") and c > settings["max_count"] else str(c)
+
+
 def write_predictions(pred: FolderPredictions, path: Path) -> Path:
+    """One row per image. For a model with the overflow class, ``pred_count`` (and ``true_count``) is
+    empty when the answer (the truth) is "more than max_count": read ``pred_label`` (``>5``).
+    ``p_true`` and ``verdict_true``: p_expected and the verdict when the bin is checked against its
+    true count (what a correct inventory record would get)."""
     num_classes = pred.probs.shape[1]
+    settings = pred.settings
+    overflow = bool(settings.get("overflow"))
+    p_cols = [f"p{c}" for c in range(num_classes - overflow)] + (["p_overflow"] if overflow else [])
+    review_t = settings.get("review_threshold")
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["name", "true_count", "pred_count", "confidence", *[f"p{c}" for c in range(num_classes)]])
-        for name, t, c, p in zip(pred.names, pred.targets.tolist(), pred.counts.tolist(), pred.probs.tolist(), strict=True):
-            writer.writerow([name, t, c, f"{p[c]:.6f}", *[f"{v:.6f}" for v in p]])
+        header = ["name", "true_count", "pred_count", "confidence", *p_cols, "true_label", "pred_label"]
+        writer.writerow(header + (["review"] if review_t is not None else []) + ["p_true", "verdict_true"])
+        p_true = pred.probs.gather(1, pred.targets.long()[:, None])[:, 0]
+        v_true = verdicts(p_true, pred.counts, pred.targets, settings)
+        rows = zip(pred.names, pred.targets.tolist(), pred.counts.tolist(), pred.probs.tolist(), strict=True)
+        for i, (name, t, c, p) in enumerate(rows):
+            tl, cl = _label(t, settings), _label(c, settings)
+            row = [name, t if tl == str(t) else "", c if cl == str(c) else "", f"{p[c]:.6f}", *[f"{v:.6f}" for v in p], tl, cl]
+            row += [str(p[c] < review_t).lower()] if review_t is not None else []
+            writer.writerow(row + [f"{p[t]:.6f}", v_true[i]])
     return path
 
 
@@ -161,7 +205,8 @@ def plot_per_class_accuracy(metrics: dict[str, Any], path: Path) -> Path:
 
 
 def write_report(pred: FolderPredictions, out_dir: str | Path, num_classes: int, extra: dict | None = None) -> dict[str, Any]:
-    """Write predictions.csv, metrics.json, confusion_matrix.png, per_class_accuracy.png."""
+    """Write predictions.csv, metrics.json, confusion_matrix.png, per_class_accuracy.png (and, with
+    logits, reliability_diagram.png and risk_coverage.png)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     metrics = build_metrics(pred, num_classes)
@@ -171,4 +216,6 @@ def write_report(pred: FolderPredictions, out_dir: str | Path, num_classes: int,
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     plot_confusion(metrics["confusion_matrix"], out / "confusion_matrix.png")
     plot_per_class_accuracy(metrics, out / "per_class_accuracy.png")
+    if "calibration" in metrics:
+        write_answer_plots(metrics, out)
     return metrics

@@ -3,7 +3,9 @@
 Layout (the SageMaker PyTorch model layout)::
 
     <model_dir>/model.pt            CountNet state_dict (tensors only: loads with weights_only=True)
-    <model_dir>/model_config.json   network, image size, decision rule, classes, preprocessing
+    <model_dir>/model_config.json   network, image size, decision rule, classes, preprocessing, and
+                                the answer settings (ANSWER_KEYS: max_count, overflow, temperature,
+                                review_threshold, match/mismatch_threshold; absent in older artifacts)
     <model_dir>/model.onnx          optional, for the ONNX Runtime backend
     <model_dir>/code/inference.py   SageMaker handler (model_fn, input_fn, predict_fn, output_fn)
     <model_dir>/code/requirements.txt
@@ -43,15 +45,62 @@ CONTAINER_ENTRY = SRC_ROOT / "serving" / "container.py"
 REQUIREMENTS = "# torch, torchvision (>= 0.19) and pillow come with the SageMaker PyTorch inference container.\n"
 
 
-def model_config(net: CountNet, image_size: int, decision_rule: str) -> dict[str, Any]:
+# How answers are made and routed (src.inference.calibration). ``overflow``: the last class means
+# "more than max_count"; ``temperature`` divides the logits; answers below ``review_threshold``
+# are flagged for review; ``match_threshold``/``mismatch_threshold`` turn p_expected into a verdict.
+ANSWER_KEYS = ("max_count", "overflow", "temperature", "review_threshold", "match_threshold", "mismatch_threshold")
+# Provenance of the fitted values (validation split, target accuracy, ECE): informative only.
+CALIBRATION_KEY = "calibration"
+
+
+def model_config(
+    net: CountNet, image_size: int, decision_rule: str, answers: dict[str, Any] | None = None
+) -> dict[str, Any]:
     num_classes = net.spec["num_classes"]
-    return {
+    config = {
         "net": net.spec,
         "image_size": int(image_size),
         "decision_rule": decision_rule,
         "classes": list(range(num_classes)),
         "preprocessing": {"resize": [int(image_size)] * 2, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
     }
+    answers = dict(answers or {})
+    for key in answers:
+        if key not in (*ANSWER_KEYS, CALIBRATION_KEY):
+            raise ValueError(f"Unknown answer setting {key!r}; valid: {', '.join((*ANSWER_KEYS, CALIBRATION_KEY))}")
+    if answers.get("overflow"):
+        answers.setdefault("max_count", num_classes - 2)
+    config.update({k: v for k, v in answers.items() if v is not None})
+    check_answers(config)
+    return config
+
+
+def answer_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The answer settings of a config, to carry them into a re-exported artifact."""
+    return {k: config[k] for k in (*ANSWER_KEYS, CALIBRATION_KEY) if k in config}
+
+
+def check_answers(config: dict[str, Any], where: str = CONFIG_FILE) -> None:
+    """Refuse answer settings that contradict the network or each other."""
+    num_classes = len(config["classes"])
+    overflow = bool(config.get("overflow", False))
+    max_count = config.get("max_count", num_classes - 1 - overflow)
+    if max_count != num_classes - 1 - overflow:
+        raise ValueError(
+            f"{where}: max_count={max_count} with overflow={overflow} needs {max_count + 1 + overflow} classes, "
+            f"the network has {num_classes}"
+        )
+    t = config.get("temperature")
+    if t is not None and not (isinstance(t, (int, float)) and t > 0):
+        raise ValueError(f"{where}: temperature must be a positive number, got {t!r}")
+    for key in ("review_threshold", "match_threshold", "mismatch_threshold"):
+        v = config.get(key)
+        if v is not None and not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0 + 1e-9):
+            raise ValueError(f"{where}: {key} must be a probability in [0, 1], got {v!r}")
+    if ("match_threshold" in config) != ("mismatch_threshold" in config):
+        raise ValueError(f"{where}: give both match_threshold and mismatch_threshold, or neither")
+    if "match_threshold" in config and config["mismatch_threshold"] > config["match_threshold"]:
+        raise ValueError(f"{where}: mismatch_threshold must not exceed match_threshold")
 
 
 def export_artifact(
@@ -62,13 +111,15 @@ def export_artifact(
     *,
     onnx: bool = False,
     tarball: bool = True,
+    answers: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the artifact into ``out_dir`` (and ``model.tar.gz`` beside it). Returns ``out_dir``."""
+    """Write the artifact into ``out_dir`` (and ``model.tar.gz`` beside it). Returns ``out_dir``.
+    ``answers``: the ANSWER_KEYS settings (and ``calibration`` provenance) to record."""
     if decision_rule not in DECISION_RULES:
         raise ValueError(f"Unknown decision rule {decision_rule!r}; valid: {', '.join(DECISION_RULES)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config = model_config(net, image_size, decision_rule)
+    config = model_config(net, image_size, decision_rule, answers)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
     torch.save(state, out / WEIGHTS_FILE)
     config["weights_sha256"] = file_sha256(out / WEIGHTS_FILE)
@@ -210,6 +261,10 @@ def validate_config(config: Any, path: str | Path) -> dict[str, Any]:
             same = False
         if not same:
             raise bad(f"preprocessing.{key}={prep[key]} differs from this code's {value}")
+    try:
+        check_answers(config, str(path))  # overflow, temperature, review and verdict settings
+    except ValueError as err:
+        raise ArtifactError(f"{err}; {REEXPORT}") from None
     return config
 
 

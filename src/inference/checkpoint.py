@@ -26,6 +26,7 @@ class CheckpointModel:
     net: CountNet
     image_size: int
     decision_rule: str
+    overflow: bool = False  # the last class is "more than max_count" (trained with data.overflow)
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -95,4 +96,4 @@ def load_checkpoint(
     if not size:
         raise ValueError(f"{ckpt_path} does not record the training image size; pass image_size=...")
     rule = decision_rule or module_hp.get("decision_rule", "argmax")
-    return CheckpointModel(net.eval(), int(size), rule)
+    return CheckpointModel(net.eval(), int(size), rule, bool(data_hp.get("overflow", False)))

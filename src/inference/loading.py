@@ -39,7 +39,7 @@ def load_predictor(
     from src.inference.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(ckpt_path, net_name=net_name, image_size=image_size, decision_rule=decision_rule)
-    config = model_config(loaded.net, loaded.image_size, loaded.decision_rule)
+    config = model_config(loaded.net, loaded.image_size, loaded.decision_rule, {"overflow": True} if loaded.overflow else None)
     if backend == "onnx":
         from src.inference.backends import export_onnx
 

@@ -1,7 +1,18 @@
 """``CountPredictor``: a loaded model that turns images into counts, confidences and probabilities.
 
 Every serving path (the SageMaker handler, the HTTP app, predict.py) and evaluation use it, so all
-preprocess with ``src.data.transforms.eval_transform`` and decide counts with ``src.models.counting``.
+preprocess with ``src.data.transforms.eval_transform``, decide counts with ``src.models.counting``
+and apply the artifact's temperature, review threshold and verdict rule (``src.inference.calibration``).
+
+One result per image (docs/warehouse.md)::
+
+    {"id": ..., "count": 3 | null, "label": "3" | ">5", "overflow": false, "confidence": 0.81,
+     "probabilities": [p0, ..., p5(, p_overflow)], "review": false,
+     "expected_quantity": 3, "p_expected": 0.81, "verdict": "match" | "mismatch" | "review"}
+
+``count`` is null for an overflow answer (more than ``max_count``); ``overflow`` only appears for
+models with that class, ``review`` only when the artifact has a review threshold, the last three
+only when the request carried an expected quantity.
 """
 
 from __future__ import annotations
@@ -14,6 +25,7 @@ from PIL import Image
 
 from src.data.transforms import eval_transform
 from src.inference.backends import BACKENDS, OnnxRunner, TorchRunner
+from src.inference.calibration import VerdictRule, apply_temperature, needs_review
 from src.models.counting import predict_counts
 
 MAX_BATCH = 32  # images per forward pass; longer lists are split into chunks of this size
@@ -35,6 +47,13 @@ class CountPredictor:
         self.config = config
         self.image_size = int(config["image_size"])
         self.decision_rule = config.get("decision_rule", "argmax")
+        # Absent in artifacts written before answers were calibrated: they answer exactly as before.
+        self.overflow = bool(config.get("overflow", False))
+        self.max_count = int(config.get("max_count", len(config["classes"]) - 1 - self.overflow))
+        self.temperature = config.get("temperature")
+        self.review_threshold = config.get("review_threshold")
+        thresholds = (config.get("match_threshold"), config.get("mismatch_threshold"))
+        self.verdict_rule = VerdictRule(*thresholds) if None not in thresholds else None
         self.transform = eval_transform(self.image_size)
         self.backend = backend
         if backend == "torch":
@@ -64,35 +83,84 @@ class CountPredictor:
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         return torch.stack([self.transform(image) for image in images])
 
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """Normalised image batch (N, 3, S, S) -> raw logits (N, C), float32 on CPU."""
+        return self.runner(batch)
+
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        """Normalised image batch (N, 3, S, S) -> class probabilities (N, C), float32 on CPU."""
-        return self.runner(batch).softmax(-1)
+        """Class probabilities (N, C), calibrated with the artifact's temperature when it has one."""
+        return self.calibrate(self.logits(batch))
+
+    def calibrate(self, logits: torch.Tensor) -> torch.Tensor:
+        return apply_temperature(logits, self.temperature)
+
+    def decide(self, probs: torch.Tensor) -> torch.Tensor:
+        """Class index per row of calibrated ``probs`` (``max_count + 1``: the overflow class).
+        Decided on the uncalibrated probabilities, softmax(T * log p), so a temperature never
+        changes a count (it would move the ``expected`` rule's sum k * p_k)."""
+        if self.temperature:
+            probs = (self.temperature * probs.double().clamp_min(1e-300).log()).softmax(-1)
+        return predict_counts(probs, self.decision_rule, self.overflow)
+
+    def label(self, index: int) -> str:
+        return f">{self.max_count}" if self.overflow and index > self.max_count else str(index)
 
     @property
     def num_classes(self) -> int:
         return len(self.config["classes"])
 
-    def check_expected(self, quantity: int) -> None:
-        """Raise ``ValueError`` (with the fix) for an expected quantity this model cannot check."""
-        if not 0 <= quantity < self.num_classes:
-            raise ValueError(f"expected quantity {quantity} is outside what this model can check "
-                             f"(0..{self.num_classes - 1})")
+    def check_expected(self, quantity: int) -> int:
+        """The class that ``quantity`` is checked against; ``ValueError`` (with the fix) when this
+        model cannot check it. Above ``max_count`` only the overflow class can answer: the verdict
+        then says whether the bin holds *more than* max_count, not that exact number."""
+        if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity < 0:
+            raise ValueError(f"expected quantity must be a non-negative integer, got {quantity!r}")
+        if quantity <= self.max_count:
+            return quantity
+        if self.overflow:
+            return self.max_count + 1
+        raise ValueError(
+            f"expected quantity {quantity} is above what this model can check: it counts 0..{self.max_count} "
+            f"and has no 'more than {self.max_count}' class; send 0..{self.max_count} or use a model "
+            "trained with data.overflow=true"
+        )
 
     def results(
-        self, probs: torch.Tensor, ids: list[Any] | None = None, expected: list[int | None] | None = None
+        self,
+        probs: torch.Tensor,
+        ids: list[Any] | None = None,
+        expected: list[int | None] | None = None,
+        counts: torch.Tensor | None = None,
     ) -> list[dict[str, Any]]:
-        """One result dict per row; ``expected`` (per row, or None) adds the probability of that quantity."""
-        counts = predict_counts(probs, self.decision_rule)
+        """One result dict per row of calibrated ``probs`` (``probabilities()``; see the module
+        docstring); ``counts``: the class per row (default ``decide(probs)``); ``expected`` (per row,
+        or None) adds ``expected_quantity``, ``p_expected`` and ``verdict``."""
+        expected = expected or [None] * len(probs)
+        checked = [None if q is None else self.check_expected(q) for q in expected]
+        if counts is None:
+            counts = self.decide(probs)
         out = []
-        for i, (count, row) in enumerate(zip(counts.tolist(), probs.tolist(), strict=True)):
-            result = {"count": int(count), "confidence": row[count], "probabilities": row}
+        for i, (index, row) in enumerate(zip(counts.tolist(), probs.tolist(), strict=True)):
+            is_over = self.overflow and index > self.max_count
+            result: dict[str, Any] = {"count": None if is_over else int(index), "label": self.label(index)}
+            if self.overflow:
+                result["overflow"] = is_over
+            result.update(confidence=row[index], probabilities=row)
+            if self.review_threshold is not None:
+                result["review"] = needs_review(row[index], self.review_threshold)
             if ids and ids[i] is not None:
                 result = {"id": ids[i], **result}
-            if expected and expected[i] is not None:
-                self.check_expected(expected[i])
-                result.update(expected_quantity=expected[i], p_expected=row[expected[i]])
+            if checked[i] is not None:
+                p = row[checked[i]]
+                result.update(expected_quantity=expected[i], p_expected=p, verdict=self.verdict(p, index, checked[i]))
             out.append(result)
         return out
+
+    def verdict(self, p_expected: float, answer: int, expected_class: int) -> str:
+        """The artifact's thresholds on ``p_expected``; without them, whether the answer is the expected class."""
+        if self.verdict_rule is not None:
+            return self.verdict_rule(p_expected)
+        return "match" if answer == expected_class else "mismatch"
 
     def predict(
         self, images: list[Image.Image], ids: list[Any] | None = None, expected: list[int | None] | None = None

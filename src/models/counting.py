@@ -1,4 +1,8 @@
-"""From class probabilities to a count. Plain torch, shared by training, evaluation and serving."""
+"""From class probabilities to a count. Plain torch, shared by training, evaluation and serving.
+
+A model may have one extra last class, "more than max_count" (the overflow class): index
+``max_count + 1``. Its answers are reported as overflow, never as an exact count.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,22 @@ import torch
 DECISION_RULES = ("argmax", "expected")
 
 
-def predict_counts(probs: torch.Tensor, rule: str = "argmax") -> torch.Tensor:
-    """``argmax``: the most likely count. ``expected``: the rounded expected count sum(k * p_k),
-    which trades a little accuracy on ambiguous images for a lower RMSE (errors stay near)."""
+def predict_counts(probs: torch.Tensor, rule: str = "argmax", overflow: bool = False) -> torch.Tensor:
+    """Class index per row. ``argmax``: the most likely class. ``expected``: the rounded expected
+    count sum(k * p_k), which trades a little accuracy on ambiguous images for a lower RMSE.
+
+    With ``overflow`` (last class = more than max_count) ``expected`` answers the overflow class
+    when it is more likely than not (p_overflow > 0.5), otherwise the rounded expected count of
+    the in-range part renormalised; ``argmax`` treats the overflow class like any other.
+    """
     if rule == "argmax":
         return probs.argmax(dim=-1)
     if rule == "expected":
-        ks = torch.arange(probs.shape[-1], device=probs.device, dtype=probs.dtype)
-        return (probs * ks).sum(dim=-1).round().long()
+        inrange = probs[..., :-1] if overflow else probs
+        ks = torch.arange(inrange.shape[-1], device=probs.device, dtype=probs.dtype)
+        if not overflow:
+            return (inrange * ks).sum(dim=-1).round().long()
+        mass = inrange.sum(dim=-1).clamp_min(torch.finfo(probs.dtype).tiny)
+        counts = ((inrange * ks).sum(dim=-1) / mass).round().long()
+        return torch.where(probs[..., -1] > 0.5, probs.shape[-1] - 1, counts)
     raise ValueError(f"Unknown decision rule {rule!r}; valid: {', '.join(DECISION_RULES)}")

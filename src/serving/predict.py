@@ -1,7 +1,9 @@
-"""Count objects in image files or folders from the shell (``predict.py``)."""
+"""Count objects in image files or folders from the shell (``predict.py``), or check the bins of
+a CSV manifest (``image,expected_quantity``) against their expected quantities."""
 
 from __future__ import annotations
 
+import csv
 import os
 import stat
 from dataclasses import dataclass
@@ -77,3 +79,78 @@ def predict_paths(
     if images:
         flush()
     return PathResults(results, errors)
+
+
+MANIFEST_COLUMNS = ("image", "expected_quantity")
+VERDICT_COLUMNS = (
+    "row", "image", "expected_quantity", "count", "label", "overflow", "confidence", "review",
+    "p_expected", "verdict", "error",
+)  # fmt: skip
+
+
+def read_manifest(path: str | Path) -> list[dict[str, str]]:
+    """Rows of a CSV with a header holding ``image`` and ``expected_quantity`` (extra columns ignored)."""
+    path = Path(path)
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(
+                f"{path}: the manifest needs a header with columns {', '.join(MANIFEST_COLUMNS)} "
+                f"(missing: {', '.join(missing)}), e.g.\nimage,expected_quantity\nbins/00001.jpg,3"
+            )
+        return list(reader)
+
+
+def parse_quantity(text: str | None) -> int:
+    """A manifest cell -> a non-negative integer, or ValueError saying what is wrong."""
+    text = (text or "").strip()
+    if not text.isascii() or not text.isdigit():
+        raise ValueError(f"expected_quantity must be a non-negative integer, got {text!r}")
+    return int(text)
+
+
+def predict_manifest(
+    predictor: CountPredictor, manifest: str | Path, batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> list[dict[str, Any]]:
+    """One result per manifest row, in order. Image paths are relative to the manifest's folder
+    (or absolute). A row whose image is unreadable or whose quantity is bad carries ``error``;
+    the other rows still run."""
+    base = Path(manifest).parent
+    rows = read_manifest(manifest)
+    out: list[dict[str, Any] | None] = [None] * len(rows)
+    todo: list[tuple[int, Any, int]] = []  # (row index, image, expected)
+
+    def flush() -> None:
+        results = predictor.predict([im for _, im, _ in todo], expected=[q for _, _, q in todo])
+        for (i, _, _), result in zip(todo, results, strict=True):
+            out[i] = {**out[i], **result}
+        todo.clear()
+
+    for i, row in enumerate(rows):
+        out[i] = {"row": i + 1, "image": row["image"], "expected_quantity": row["expected_quantity"]}
+        try:
+            quantity = parse_quantity(row["expected_quantity"])
+            out[i]["expected_quantity"] = quantity
+            predictor.check_expected(quantity)
+            image = decode_image((base / row["image"]).read_bytes(), max_pixels)
+        except (ValueError, RequestError, OSError) as err:
+            out[i]["error"] = str(err) if not isinstance(err, OSError) else f"cannot read {row['image']}: {err.strerror or err}"
+            continue
+        todo.append((i, image, quantity))
+        if len(todo) >= batch_size:
+            flush()
+    if todo:
+        flush()
+    return out
+
+
+def write_verdicts(results: list[dict[str, Any]], path: str | Path) -> Path:
+    """verdicts.csv: one row per manifest row; empty cells where a field does not apply."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, VERDICT_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for r in results:
+            writer.writerow({k: ("" if r.get(k) is None else str(r[k]).lower() if isinstance(r.get(k), bool) else r[k])
+                             for k in VERDICT_COLUMNS})
+    return Path(path)

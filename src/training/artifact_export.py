@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +18,45 @@ log = logging.getLogger(__name__)
 
 class ArtifactExport(pl.Callback):
     """Write ``artifact_dir`` (model.pt, model_config.json, code/, model.tar.gz) from the best
-    checkpoint's weights, or from the final weights when no checkpoint was kept. Rank 0 only."""
+    checkpoint's weights, or from the final weights when no checkpoint was kept. Rank 0 only.
 
-    def __init__(self, artifact_dir: str | None, image_size: int, onnx: bool = False):
+    ``answers`` (train.yaml's ``answers``): with ``fit``, the temperature, review threshold and
+    verdict thresholds are fitted on ``val_dir`` with those weights and stored in the artifact;
+    ``overflow`` records the "more than max_count" class.
+    """
+
+    def __init__(
+        self,
+        artifact_dir: str | None,
+        image_size: int,
+        onnx: bool = False,
+        answers: Mapping[str, Any] | None = None,
+        val_dir: str | None = None,
+        num_classes: int = 6,
+        overflow: bool = False,
+        batch_size: int = 64,
+    ):
         self.artifact_dir = artifact_dir
         self.image_size = image_size
         self.onnx = onnx
+        self.answers = dict(answers or {})
+        self.val_dir = val_dir
+        self.num_classes = num_classes
+        self.overflow = overflow
+        self.batch_size = batch_size
         self.path: Path | None = None
+
+    def fit_answers(self, net, decision_rule: str) -> dict[str, Any] | None:
+        if not self.answers.get("fit", False) or not self.val_dir:
+            return {"overflow": True} if self.overflow else None
+        from src.training.answers import fit_on_folder
+
+        return fit_on_folder(
+            net, self.image_size, decision_rule, self.val_dir, self.num_classes, overflow=self.overflow,
+            target_accuracy=self.answers.get("target_accuracy", 0.9),
+            verdict_precision=self.answers.get("verdict_precision", 0.9),
+            calibrate=self.answers.get("calibrate", True), batch_size=self.batch_size,
+        )
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.artifact_dir or not trainer.is_global_zero:
@@ -32,8 +65,9 @@ class ArtifactExport(pl.Callback):
         net = pl_module.net
         if best:  # the best epoch, not the last; a copy, so the module's own weights stay as they are
             net = load_net_weights(copy.deepcopy(net), best)
-        self.path = export_artifact(net, self.image_size, pl_module.hparams.decision_rule, self.artifact_dir,
-                                    onnx=self.onnx)
+        rule = pl_module.hparams.decision_rule
+        answers = self.fit_answers(net, rule)  # in the artifact only: every rank's metrics stay equal
+        self.path = export_artifact(net, self.image_size, rule, self.artifact_dir, onnx=self.onnx, answers=answers)
         log.info("Model artifact written to %s (%s weights)", self.path, "best" if best else "final")
 
     def summary(self) -> dict[str, Any]:
