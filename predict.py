@@ -16,7 +16,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model-dir", help="model artifact folder (train.py writes <run>/model)")
     source.add_argument("--ckpt", help="a train.py checkpoint (.ckpt)")
-    parser.add_argument("--backend", choices=["torch", "onnx"], default="torch")
+    parser.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], default="torch",
+                        help="onnx-int8 needs --model-dir with model_int8.onnx (export.py --int8)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--json", action="store_true", help="print JSON instead of lines")
     return parser.parse_args(argv)

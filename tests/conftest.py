@@ -65,3 +65,20 @@ def shared_abid() -> Path:
     if not (SHARED_ABID / "metadata").is_dir():
         pytest.skip(f"real ABID sample not found at {SHARED_ABID} (only present on the team's machines)")
     return SHARED_ABID
+
+
+@pytest.fixture(scope="session")
+def tiny_count_net():
+    """Factory: a random ResNet18 CountNet with a sharpened head (counts decided by clear margins)."""
+    import torch
+
+    from src.models.backbones import CountNet
+
+    def make(seed: int = 0, name: str = "resnet18") -> CountNet:
+        torch.manual_seed(seed)
+        net = CountNet(name, weights=None, num_classes=6).eval()
+        with torch.no_grad():
+            net.head[-1].weight.mul_(30.0)
+        return net
+
+    return make

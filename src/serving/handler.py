@@ -229,7 +229,8 @@ def encode_response(prediction: Prediction, accept: str | None) -> tuple[str, st
 
 # -- SageMaker inference toolkit entry points ---------------------------------------------------
 def model_fn(model_dir: str, context: Any = None) -> CountPredictor:
-    """Load once per worker. ``BINCOUNT_BACKEND=onnx`` uses ``model.onnx`` with ONNX Runtime;
+    """Load once per worker. ``BINCOUNT_BACKEND=onnx`` uses ``model.onnx`` with ONNX Runtime,
+    ``BINCOUNT_BACKEND=onnx-int8`` its int8 copy ``model_int8.onnx`` (export.py --int8);
     the torch backend runs on the GPU when the instance has one (``BINCOUNT_DEVICE`` overrides)."""
     device = os.environ.get("BINCOUNT_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
     return CountPredictor.from_model_dir(model_dir, backend=os.environ.get("BINCOUNT_BACKEND", "torch"), device=device)
