@@ -37,6 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("give a checkpoint or --model-dir, not both")
     if args.int8 and not args.calib_data:
         parser.error("--int8 needs --calib-data <prepared data folder with train/ and val/>")
+    args.reexport = not (args.model_dir and args.int8 and not args.onnx and not args.out)
     args.onnx = args.onnx or args.int8  # the int8 model is quantized from model.onnx
     return args
 
@@ -47,7 +48,9 @@ def main(argv=None) -> int:
     from src.inference.artifact import export_artifact, load_artifact, tarball_path
 
     args = parse_args(argv)
-    if args.model_dir:
+    if args.model_dir and not args.reexport and (Path(args.model_dir) / "model.onnx").is_file():
+        out = Path(args.model_dir)  # --model-dir --int8 only adds model_int8.onnx beside model.onnx
+    elif args.model_dir:
         net, config = load_artifact(args.model_dir)
         out = export_artifact(net, config["image_size"], config["decision_rule"], args.out or args.model_dir, onnx=args.onnx)
     else:

@@ -40,12 +40,15 @@ def add_args(parser) -> None:
     parser.add_argument("--server-image-size", type=int, default=224)
     parser.add_argument("--server-backend", default="onnx", choices=["torch", "onnx"])
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--requests", type=int, default=96, help="timed requests per server and round")
+    parser.add_argument("--requests", type=int, default=64, help="timed requests per server and round")
+    parser.add_argument("--single-requests", type=int, default=12, help="requests of the one-client latency check")
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--server-threads", default="", help="extra ORT intra-op thread counts to try batched, e.g. 1")
-    parser.add_argument("--transform-images", type=int, default=64)
-    parser.add_argument("--transform-grid", default="1x2,8x1,16x1,32x1,16x2",
+    parser.add_argument("--server-processes", type=int, default=0,
+                        help="also try N serve.py processes (as N uvicorn workers), cores/N threads each")
+    parser.add_argument("--transform-images", type=int, default=48)
+    parser.add_argument("--transform-grid", default="1x2,16x1,16x2,48x1",
                         help="records-per-request x concurrent-requests shapes to measure")
 
 
@@ -73,17 +76,31 @@ def model_dir(args, tmp: Path) -> Path:
     return folder
 
 
-def load_run(base: str, bodies: list[bytes], clients: int, requests: int) -> dict:
-    """``clients`` threads share ``requests`` POSTs; returns requests/s, p50/p99 ms and the counts by body."""
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system, all threads) of this process plus the processes ``pids``."""
+    total = time.process_time()
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def load_run(base: str | list[str], bodies: list[bytes], clients: int, requests: int, pids: list[int] = ()) -> dict:
+    """``clients`` threads share ``requests`` POSTs (client k talks to ``base[k % len(base)]``); returns
+    requests/s, requests per CPU-second (this process + ``pids``), p50/p99 ms and the counts by body.
+
+    Requests per CPU-second is the fair number on a shared machine: a layout with more runnable
+    threads takes a larger share of a contended CPU, which wall-clock requests/s rewards."""
     import httpx
 
     latencies: list[float] = []
     counts: dict[int, set] = {}
     lock = threading.Lock()
     todo = iter(range(requests))
+    bases = [base] if isinstance(base, str) else base
 
-    def client() -> None:
-        with httpx.Client(base_url=base, timeout=300) as http:
+    def client(k: int) -> None:
+        with httpx.Client(base_url=bases[k % len(bases)], timeout=300) as http:
             while True:
                 with lock:
                     i = next(todo, None)
@@ -98,12 +115,12 @@ def load_run(base: str, bodies: list[bytes], clients: int, requests: int) -> dic
                     latencies.append(elapsed)
                     counts.setdefault(i % len(bodies), set()).add(r.json()["predictions"][0]["count"])
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds(pids)
     with ThreadPoolExecutor(clients) as pool:
-        for f in [pool.submit(client) for _ in range(clients)]:
+        for f in [pool.submit(client, k) for k in range(clients)]:
             f.result()
-    seconds = time.perf_counter() - start
-    return {"rps": requests / seconds, "p50_ms": float(np.percentile(latencies, 50)),
+    seconds, cpu = time.perf_counter() - start, cpu_seconds(pids) - cpu
+    return {"rps": requests / seconds, "per_cpu_s": requests / cpu, "p50_ms": float(np.percentile(latencies, 50)),
             "p99_ms": float(np.percentile(latencies, 99)), "counts": counts}
 
 
@@ -122,14 +139,22 @@ def bench_server(args, results: dict, tmp: Path, entry) -> None:
         os.environ.pop("BINCOUNT_ORT_THREADS")
     best: dict[str, dict] = {}
     with contextlib.ExitStack() as stack:
-        bases = {k: stack.enter_context(serve_in_background(create_app(p))) for k, p in layouts.items()}
-        for base in bases.values():  # warm-up: sessions, thread pools, connections
-            load_run(base, bodies, 4, 8)
+        bases = {k: (stack.enter_context(serve_in_background(create_app(p))), []) for k, p in layouts.items()}
+        n = args.server_processes
+        for batched in (False, True) if n > 1 else ():
+            bases[f"processes{n}_{'batched' if batched else 'plain'}"] = stack.enter_context(
+                serve_processes(args, folder, tmp, n, batched))
+        for base, pids in bases.values():  # warm-up: sessions, thread pools, connections
+            load_run(base, bodies, 4, 8, pids)
+        single: dict[str, float] = {}
         for _ in range(args.rounds):
-            for name, base in bases.items():
-                run = load_run(base, bodies, args.clients, args.requests)
+            for name, (base, pids) in bases.items():
+                run = load_run(base, bodies, args.clients, args.requests, pids)
                 if name not in best or run["rps"] > best[name]["rps"]:
                     best[name] = run
+            for name in ("plain", "ours"):  # light traffic: what max_wait_ms costs a lone request
+                p50 = load_run(bases[name][0], bodies, 1, args.single_requests)["p50_ms"]
+                single[name] = min(single.get(name, p50), p50)
     for p in layouts.values():
         if hasattr(p, "batcher"):
             p.batcher.close()
@@ -142,10 +167,54 @@ def bench_server(args, results: dict, tmp: Path, entry) -> None:
         p50_ms={"plain": round(best["plain"]["p50_ms"], 1), "ours": round(best["ours"]["p50_ms"], 1)},
         p99_ms={"plain": round(best["plain"]["p99_ms"], 1), "ours": round(best["ours"]["p99_ms"], 1)},
         p99_ratio=round(best["ours"]["p99_ms"] / best["plain"]["p99_ms"], 2), counts_identical=same,
+        one_client_p50_ms={k: round(v, 1) for k, v in single.items()},
         mean_batch=round(sum(k * v for k, v in sizes.items()) / max(sum(sizes.values()), 1), 1),
-        layouts={k: {"rps": round(v["rps"], 2), "p50_ms": round(v["p50_ms"], 1), "p99_ms": round(v["p99_ms"], 1)}
-                 for k, v in best.items()},
+        requests_per_cpu_s={k: round(best[k]["per_cpu_s"], 3) for k in ("plain", "ours")},
+        per_cpu_speedup=round(best["ours"]["per_cpu_s"] / best["plain"]["per_cpu_s"], 2),
+        layouts={k: {"rps": round(v["rps"], 2), "per_cpu_s": round(v["per_cpu_s"], 3), "p50_ms": round(v["p50_ms"], 1),
+                     "p99_ms": round(v["p99_ms"], 1)} for k, v in best.items()},
     )
+
+
+@contextlib.contextmanager
+def serve_processes(args, folder: Path, tmp: Path, n: int, batched: bool):
+    """``n`` ``serve.py`` processes on free local ports, ``cores // n`` threads each; yields their URLs."""
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    root = Path(__file__).resolve().parents[1]
+    threads = max(1, (os.cpu_count() or 1) // n)
+    procs, urls = [], []
+    try:
+        for _ in range(n):
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            cmd = [sys.executable, "serve.py", f"model_dir={folder}", f"backend={args.server_backend}", f"port={port}",
+                   f"torch_threads={threads}", f"micro_batching.enabled={str(batched).lower()}",
+                   f"micro_batching.max_batch={args.max_batch}", f"micro_batching.max_wait_ms={args.max_wait_ms}",
+                   "log_level=warning", f"hydra.run.dir={tmp / f'serve_{port}'}"]
+            procs.append(subprocess.Popen(cmd, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            urls.append(f"http://127.0.0.1:{port}")
+        deadline = time.monotonic() + 180
+        for url in urls:
+            while True:
+                try:
+                    if httpx.get(f"{url}/ping", timeout=5).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"serve.py did not answer on {url}")
+                time.sleep(0.5)
+        yield urls, [proc.pid for proc in procs]
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=30)
 
 
 def transform_bodies(jpeg: bytes, n: int, records: int) -> list[bytes]:
@@ -180,13 +249,15 @@ def bench_transform(args, results: dict, tmp: Path, entry) -> None:
     shapes = {"plain": (1, 1), **{s: tuple(int(v) for v in s.split("x")) for s in args.transform_grid.split(",")}}
     runs = {name: job(*shape) for name, shape in shapes.items()}
     best = {k: float("inf") for k in runs}
+    cpu = {k: float("inf") for k in runs}
     for run, _ in runs.values():  # warm-up
         run()
     for _ in range(args.rounds):
         for name, (run, _) in runs.items():
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             run()
             best[name] = min(best[name], time.perf_counter() - t)
+            cpu[name] = min(cpu[name], time.process_time() - c)
     ips = {k: n / v for k, v in best.items()}
     choice = max((k for k in ips if k != "plain"), key=ips.get)
     records, concurrent = shapes[choice]
@@ -197,4 +268,5 @@ def bench_transform(args, results: dict, tmp: Path, entry) -> None:
                 "batch_strategy": "MultiRecord" if records > 1 else "SingleRecord",
                 "max_payload_mb": max(1, -(-runs[choice][1] // (1 << 20)))},
         by_shape={k: round(v, 2) for k, v in ips.items()},
+        images_per_cpu_s={k: round(n / v, 3) for k, v in cpu.items()},
     )

@@ -24,6 +24,7 @@ from src.models.backbones import CountNet
 
 
 def add_args(parser) -> None:
+    parser.add_argument("--int8-model", default="resnet50", help="speed model (random weights)")
     parser.add_argument("--int8-image-size", type=int, default=224, help="speed model input size")
     parser.add_argument("--int8-train", type=int, default=600, help="synthetic training images (accuracy model)")
     parser.add_argument("--int8-test", type=int, default=300, help="synthetic test images (accuracy)")
@@ -62,14 +63,14 @@ def train_small(data: Path, epochs: int, image_size: int = 64, seed: int = 0) ->
 def bench_int8(args, results: dict, tmp: Path, best_of, entry) -> None:
     from src.data.synthetic import make_imagefolder
 
-    # -- speed, ResNet50 ------------------------------------------------------------------------
+    # -- speed (ResNet50) ------------------------------------------------------------------------
     size, batch = args.int8_image_size, args.batch
     torch.manual_seed(0)
-    fp32 = export_onnx(CountNet("resnet50", None, num_classes=6), tmp / "r50.onnx", size)
+    fp32 = export_onnx(CountNet(args.int8_model, None, num_classes=6), tmp / "speed.onnx", size)
     rng = np.random.default_rng(0)
     calib = [rng.standard_normal((8, 3, size, size), dtype=np.float32) for _ in range(2)]
     t = time.perf_counter()
-    int8 = quantize_int8(fp32, tmp / "r50_int8.onnx", lambda: iter(calib))
+    int8 = quantize_int8(fp32, tmp / "speed_int8.onnx", lambda: iter(calib))
     quantize_s = time.perf_counter() - t
     runners = {"plain": OnnxRunner(fp32), "ours": OnnxRunner(int8)}
     x = rng.standard_normal((batch, 3, size, size), dtype=np.float32)
@@ -94,7 +95,7 @@ def bench_int8(args, results: dict, tmp: Path, best_of, entry) -> None:
                            "calibration_s": round(calib_s, 1)}
     default = next(iter(methods))
     results["inference_int8_b32"] = entry(
-        batch / seconds["plain"], batch / seconds["ours"], "images/s", model=f"resnet50 @ {size}px, batch {batch}",
+        batch / seconds["plain"], batch / seconds["ours"], "images/s", model=f"{args.int8_model} @ {size}px, batch {batch}",
         method=f"onnxruntime QDQ static int8, per-channel weights, {default} calibration",
         cpu_flags=cpu_flags(), quantize_s=round(quantize_s, 1),
         accuracy={"model": f"resnet18 @ 64px trained {args.int8_epochs} epochs on {args.int8_train} synthetic "

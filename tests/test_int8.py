@@ -59,7 +59,7 @@ def self_labelled(artifact, synthetic_dir, tmp_path_factory) -> Path:
 
 def test_quantized_model_is_qdq_per_channel_int8_and_agrees_with_fp32(artifact, synthetic_dir, tmp_path):
     out = quantize_int8(artifact / "model.onnx", tmp_path / "q.onnx", method="minmax",
-                        calibration=lambda: (x for x, _ in folder_batches(synthetic_dir / "train", SIZE, 64)))
+                        calibration=lambda: (x for x, _ in folder_batches(synthetic_dir / "train", SIZE, 32)))
     model = onnx.load(str(out))
     ops = {n.op_type for n in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
@@ -87,13 +87,13 @@ def test_check_drop_names_numbers_and_fixes():
 
 def test_export_int8_records_it_and_every_path_serves_it(artifact, self_labelled, capsys):
     rc = export.main(["--model-dir", str(artifact), "--int8", "--calib-data", str(self_labelled),
-                      "--calib-images", "64", "--int8-tolerance", "5"])
+                      "--calib-images", "32", "--int8-tolerance", "5"])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert (artifact / INT8_FILE).is_file() and not list(artifact.glob(".*candidate"))
     entry = json.loads((artifact / "model_config.json").read_text())["int8"]
     assert entry["file"] == INT8_FILE and entry["calibration_method"] == "minmax"
-    assert entry["calibration_images"] == 64 and entry["val_images"] == 40 and entry["val_acc_fp32"] == 100.0
+    assert entry["calibration_images"] == 32 and entry["val_images"] == 40 and entry["val_acc_fp32"] == 100.0
     assert 95.0 <= entry["val_acc_int8"] <= 100.0
     assert f"drop {100.0 - entry['val_acc_int8']:.2f} points on 40 images" in out
     with tarfile.open(tarball_path(artifact)) as tar:

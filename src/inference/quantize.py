@@ -140,7 +140,7 @@ def build_int8(model_dir: str | Path, data_dir: str | Path, calib_images: int = 
     if not (model_dir / ONNX_FILE).is_file():
         raise FileNotFoundError(f"{model_dir / ONNX_FILE} not found; export it first (export.py --onnx)")
     candidate = model_dir / f".{INT8_FILE}.candidate"
-    used = sum(len(y) for _, y in folder_batches(data_dir / "train", size, calib_images, num_classes=classes))
+    used = min(calib_images, len(CountFolder(data_dir / "train", num_classes=classes)))
     try:
         quantize_int8(model_dir / ONNX_FILE, candidate, method=method, calibration=lambda: (
             x for x, _ in folder_batches(data_dir / "train", size, calib_images, num_classes=classes)))
