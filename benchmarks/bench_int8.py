@@ -4,9 +4,11 @@ Speed: ResNet50 at 224 px (random weights: speed does not depend on them), fp32 
 its int8 copy interleaved, best round each. Accuracy: a ResNet18 at 64 px trained here for a few
 epochs on the synthetic train split, quantized with ``src.inference.quantize`` (calibrated on its
 training images) and scored fp32 vs int8 on the same synthetic test split; one row per calibration
-method in ``--int8-methods`` (the first is the shipped default). Part of ``make bench``:
+method in ``--int8-methods`` (the first is the shipped default). ``--int8-model-dir`` + ``--int8-data``
+score a model trained with train.py instead (its data folder's train/ calibrates, test/ scores).
 
     python -m benchmarks.run --only int8
+    python -m benchmarks.run --only int8 --int8-model-dir <run>/model --int8-data data/synthetic
 """
 
 from __future__ import annotations
@@ -27,10 +29,13 @@ def add_args(parser) -> None:
     parser.add_argument("--int8-model", default="resnet50", help="speed model (random weights)")
     parser.add_argument("--int8-image-size", type=int, default=224, help="speed model input size")
     parser.add_argument("--int8-train", type=int, default=600, help="synthetic training images (accuracy model)")
-    parser.add_argument("--int8-test", type=int, default=300, help="synthetic test images (accuracy)")
+    parser.add_argument("--int8-test", type=int, default=300, help="test images scored (accuracy)")
     parser.add_argument("--int8-epochs", type=int, default=6)
     parser.add_argument("--int8-calib", type=int, default=256, help="calibration images")
     parser.add_argument("--int8-methods", default="minmax,entropy,percentile")
+    parser.add_argument("--int8-model-dir", help="a trained artifact (train.py's <run>/model) for the accuracy rows "
+                                                  "instead of the small model trained here")
+    parser.add_argument("--int8-data", help="with --int8-model-dir: its data folder (train/ calibrates, test/ scores)")
 
 
 def cpu_flags() -> list[str]:
@@ -77,19 +82,28 @@ def bench_int8(args, results: dict, tmp: Path, best_of, entry) -> None:
     seconds = best_of({k: (lambda r=r: r.run(x)) for k, r in runners.items()}, args.rounds)
 
     # -- accuracy, ResNet18 trained on the synthetic split ----------------------------------------
-    data = make_imagefolder(tmp / "int8_data", {"train": args.int8_train, "test": args.int8_test},
-                            image_size=64, seed=5)
-    t = time.perf_counter()
-    net = train_small(data, args.int8_epochs)
-    train_s = time.perf_counter() - t
-    small = export_onnx(net, tmp / "r18.onnx", 64)
-    test = lambda: folder_batches(data / "test", 64)  # noqa: E731
+    if args.int8_model_dir:
+        from src.inference.artifact import load_artifact
+
+        net, config = load_artifact(args.int8_model_dir)
+        data, acc_size, train_s = Path(args.int8_data), int(config["image_size"]), 0.0
+        trained = f"{config['net']['name']} @ {acc_size}px from {args.int8_model_dir} (trained on {data}/train)"
+    else:
+        data = make_imagefolder(tmp / "int8_data", {"train": args.int8_train, "test": args.int8_test},
+                                image_size=64, seed=5)
+        t = time.perf_counter()
+        net, acc_size = train_small(data, args.int8_epochs), 64
+        train_s = time.perf_counter() - t
+        trained = (f"resnet18 @ 64px trained here {args.int8_epochs} epochs on {args.int8_train} synthetic train "
+                   f"images ({train_s:.0f} s)")
+    small = export_onnx(net, tmp / "accuracy.onnx", acc_size)
+    test = lambda: folder_batches(data / "test", acc_size, args.int8_test)  # noqa: E731
     acc_fp32, n = accuracy(OnnxRunner(small).run, test())
     methods = {}
     for method in args.int8_methods.split(","):
         t = time.perf_counter()
-        q = quantize_int8(small, tmp / f"r18_{method}.onnx", method=method, calibration=lambda: (
-            x for x, _ in folder_batches(data / "train", 64, args.int8_calib)))
+        q = quantize_int8(small, tmp / f"accuracy_{method}.onnx", method=method, calibration=lambda: (
+            x for x, _ in folder_batches(data / "train", acc_size, args.int8_calib)))
         calib_s = time.perf_counter() - t
         methods[method] = {"acc_int8": round(accuracy(OnnxRunner(q).run, test())[0], 2),
                            "calibration_s": round(calib_s, 1)}
@@ -98,9 +112,7 @@ def bench_int8(args, results: dict, tmp: Path, best_of, entry) -> None:
         batch / seconds["plain"], batch / seconds["ours"], "images/s", model=f"{args.int8_model} @ {size}px, batch {batch}",
         method=f"onnxruntime QDQ static int8, per-channel weights, {default} calibration",
         cpu_flags=cpu_flags(), quantize_s=round(quantize_s, 1),
-        accuracy={"model": f"resnet18 @ 64px trained {args.int8_epochs} epochs on {args.int8_train} synthetic "
-                           f"train images ({train_s:.0f} s); synthetic test split, {n} images; "
-                           f"{args.int8_calib} calibration images",
+        accuracy={"model": trained, "test_images": n, "calibration_images": args.int8_calib,
                   "acc_fp32": round(acc_fp32, 2), "acc_int8": methods[default]["acc_int8"],
                   "drop_points": round(acc_fp32 - methods[default]["acc_int8"], 2), "by_method": methods},
     )

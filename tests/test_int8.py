@@ -15,7 +15,7 @@ from PIL import Image
 
 import export
 from src.inference import quantize
-from src.inference.artifact import INT8_FILE, export_artifact, tarball_path
+from src.inference.artifact import INT8_FILE, export_artifact, record_int8, tarball_path, write_tarball
 from src.inference.backends import OnnxRunner
 from src.inference.loading import load_predictor
 from src.inference.predictor import CountPredictor
@@ -35,7 +35,9 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory, tiny_count_net) -> Path:
-    return export_artifact(tiny_count_net(), SIZE, "argmax", tmp_path_factory.mktemp("int8") / "model", onnx=True)
+    # No tarball here: rewriting 100 MB of gzip dominates the run; test_record_int8_* checks the tarball.
+    return export_artifact(tiny_count_net(), SIZE, "argmax", tmp_path_factory.mktemp("int8") / "model", onnx=True,
+                           tarball=False)
 
 
 @pytest.fixture(scope="module")
@@ -96,9 +98,6 @@ def test_export_int8_records_it_and_every_path_serves_it(artifact, self_labelled
     assert entry["calibration_images"] == 32 and entry["val_images"] == 40 and entry["val_acc_fp32"] == 100.0
     assert 95.0 <= entry["val_acc_int8"] <= 100.0
     assert f"drop {100.0 - entry['val_acc_int8']:.2f} points on 40 images" in out
-    with tarfile.open(tarball_path(artifact)) as tar:
-        names = set(tar.getnames())
-    assert {INT8_FILE, "model.onnx", "model_config.json"} <= names
     assert "onnxruntime" in (artifact / "code" / "requirements.txt").read_text()
 
     int8 = CountPredictor.from_model_dir(artifact, backend="onnx-int8")
@@ -124,7 +123,8 @@ def test_handler_model_fn_reads_the_backend_from_the_environment(artifact, self_
 
 def test_export_int8_refuses_a_model_that_loses_accuracy(self_labelled, tiny_count_net, tmp_path, monkeypatch,
                                                           capsys):
-    model_dir = export_artifact(tiny_count_net(), SIZE, "argmax", tmp_path / "model", onnx=True)  # = artifact's net
+    model_dir = export_artifact(tiny_count_net(), SIZE, "argmax", tmp_path / "model", onnx=True,  # = artifact's net
+                                tarball=False)
     real = quantize.quantize_int8
 
     def saturating(fp32, out, calibration, method="minmax"):  # ranges from near-black images: activations clip
@@ -141,7 +141,7 @@ def test_export_int8_refuses_a_model_that_loses_accuracy(self_labelled, tiny_cou
 
 
 def test_int8_backend_errors_name_the_fix(tmp_path, tiny_count_net):
-    plain = export_artifact(tiny_count_net(), SIZE, "argmax", tmp_path / "model")  # no int8 model: still serves
+    plain = export_artifact(tiny_count_net(), SIZE, "argmax", tmp_path / "model", tarball=False)  # no int8: serves
     assert CountPredictor.from_model_dir(plain).predict([Image.new("RGB", (64, 64))])
     with pytest.raises(FileNotFoundError, match="export.py --model-dir <dir> --int8 --calib-data"):
         CountPredictor.from_model_dir(plain, backend="onnx-int8")
@@ -151,3 +151,20 @@ def test_int8_backend_errors_name_the_fix(tmp_path, tiny_count_net):
         export.parse_args(["--model-dir", str(plain), "--int8"])  # no --calib-data
     with pytest.raises(FileNotFoundError, match="train/ .*and val/"):
         quantize.build_int8(plain, tmp_path)
+
+
+def test_record_int8_updates_config_code_and_tarball(tmp_path):
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "model_config.json").write_text(json.dumps({"image_size": 64, "classes": list(range(6))}))
+    (model_dir / INT8_FILE).write_bytes(b"int8 graph")
+    write_tarball(model_dir)
+    config = record_int8(model_dir, {"calibration_method": "minmax", "val_acc_fp32": 80.0, "val_acc_int8": 79.8})
+    assert config["int8"] == {"file": INT8_FILE, "calibration_method": "minmax", "val_acc_fp32": 80.0,
+                              "val_acc_int8": 79.8}
+    assert json.loads((model_dir / "model_config.json").read_text())["int8"]["file"] == INT8_FILE
+    assert "onnxruntime" in (model_dir / "code" / "requirements.txt").read_text()
+    with tarfile.open(tarball_path(model_dir)) as tar:
+        names = set(tar.getnames())
+        assert json.load(tar.extractfile("model_config.json"))["int8"]["calibration_method"] == "minmax"
+    assert {INT8_FILE, "code/inference.py"} <= names
