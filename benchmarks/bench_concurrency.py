@@ -2,8 +2,8 @@
 once, without HTTP, on one ResNet50 ONNX Runtime session (2 intra-op threads): plain (each call its own
 forward, ORT runs them in parallel) vs ``with_micro_batching`` (max_batch 16, max_wait 5 ms), with ORT's
 default thread spinning and with spinning off. Prints images/s (wall) and images per CPU-second
-(this process) of each, two rounds, and the batch sizes the batcher ran. Numbers in
-docs/serving_performance.md.
+(this process) of each, two rounds, and the batch sizes the batcher ran; then the forward alone, one
+stream, at batch 1 / 8 / 16 (best of 3 interleaved rounds). Numbers in docs/serving_performance.md.
 
     python benchmarks/bench_concurrency.py
 """
@@ -52,6 +52,23 @@ def main() -> None:
             print(f"{name:12} plain   (img/s, img/CPU-s): {run(base, image)}")
             print(f"{name:12} batched (img/s, img/CPU-s): {run(batched, image)} batches {dict(batched.batcher.batch_sizes)}")
         batched.batcher.close()
+    forward_alone(plain.runner)
+
+
+def forward_alone(runner) -> None:
+    xs = {b: np.random.default_rng(b).standard_normal((b, 3, 224, 224), dtype=np.float32) for b in (1, 8, 16)}
+    for x in xs.values():
+        runner.run(x)
+    best = {b: (float("inf"), float("inf")) for b in xs}
+    for _ in range(3):
+        for b, x in xs.items():
+            t, c = time.perf_counter(), time.process_time()
+            for _ in range(16 // b):
+                runner.run(x)
+            wall, cpu = (time.perf_counter() - t) / 16, (time.process_time() - c) / 16
+            best[b] = (min(best[b][0], wall), min(best[b][1], cpu))
+    for b, (wall, cpu) in best.items():
+        print(f"forward alone, batch {b:2}: {1 / wall:.2f} img/s, {1 / cpu:.2f} img/CPU-s")
 
 
 if __name__ == "__main__":
