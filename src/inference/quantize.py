@@ -5,7 +5,7 @@ ONNX Runtime's recipe: ``quant_pre_process`` (shape inference + graph optimisati
 real training images. On AVX-512 VNNI CPUs ONNX Runtime runs the int8 convolutions with VNNI
 instructions (AVX2 without VNNI gains less); docs/serving_performance.md has the measured numbers.
 MinMax calibration is the default: on our models it kept accuracy as well as Entropy/Percentile
-(benchmarks/bench_int8.py --methods) at a fraction of the calibration time.
+(benchmarks/bench_int8.py, --int8-methods) at a fraction of the calibration time.
 """
 
 from __future__ import annotations
