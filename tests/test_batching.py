@@ -151,3 +151,13 @@ def test_json_request_with_several_images_is_answered_in_order(predictor):
         batched.batcher.close()
     expected = [r["count"] for r in predictor.predict([Image.open(io.BytesIO(b)).convert("RGB") for b in images])]
     assert [r["count"] for r in response.json()["predictions"]] == expected
+
+
+def test_close_finishes_queued_work_and_stops_the_worker():
+    runner = RecordingRunner()
+    batcher = MicroBatcher(runner, max_batch=4, max_wait_ms=0)
+    assert torch.equal(batcher(torch.ones(1, 3, 2, 2)), RecordingRunner()(torch.ones(1, 3, 2, 2)))
+    batcher.close()
+    assert not batcher._worker.is_alive()
+    with pytest.raises(RuntimeError, match="closed"):
+        batcher(torch.ones(1, 3, 2, 2))

@@ -64,7 +64,8 @@ class MicroBatcher:
 
     def _loop(self) -> None:
         carried: _Item | None = None
-        while True:
+        closing = False
+        while not closing:
             first = carried or self._queue.get()
             carried = None
             if first is None:
@@ -77,8 +78,11 @@ class MicroBatcher:
                     item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if item is None or size + len(item.images) > self.max_batch:
-                    carried = item  # a close, or a request that would overflow this batch: next round
+                if item is None:  # close: finish this batch, then stop
+                    closing = True
+                    break
+                if size + len(item.images) > self.max_batch:
+                    carried = item  # would overflow this batch: it starts the next one
                     break
                 items.append(item)
                 size += len(item.images)
