@@ -37,7 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     source.add_argument("--ckpt", help="a train.py checkpoint (.ckpt)")
     parser.add_argument("--manifest", help="CSV with columns image,expected_quantity: one verdict per row")
     parser.add_argument("--out", help="with --manifest: write the verdicts to this CSV")
-    parser.add_argument("--backend", choices=["torch", "onnx"], default="torch")
+    parser.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], default="torch",
+                        help="onnx-int8 needs --model-dir with model_int8.onnx (export.py --int8)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--json", action="store_true", help="print JSON instead of lines")
     args = parser.parse_args(argv)

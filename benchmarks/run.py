@@ -277,7 +277,7 @@ def bench_frozen_sweep(args, results: dict, tmp: Path) -> None:
                                           higher_is_better=False)
 
 
-SECTIONS = ("data_loading", "training", "inference", "frozen_sweep")
+SECTIONS = ("data_loading", "training", "inference", "frozen_sweep", "int8", "server", "transform")
 
 
 def main() -> dict:
@@ -293,6 +293,10 @@ def main() -> dict:
     parser.add_argument("--sweep-epochs", type=int, default=5)
     parser.add_argument("--sweep-hflip", action="store_true", help="flip augmentation in the sweep (cached twice)")
     parser.add_argument("--out", default=os.environ.get("BENCH_OUT", "bench_out"))
+    from benchmarks import bench_batching, bench_int8
+
+    bench_int8.add_args(parser)
+    bench_batching.add_args(parser)
     args = parser.parse_args()
     only = set(args.only.split(","))
     unknown = only - set(SECTIONS)
@@ -315,6 +319,12 @@ def main() -> dict:
             bench_training(args, results)
         if "frozen_sweep" in only:
             bench_frozen_sweep(args, results, tmp)
+        if "int8" in only:
+            bench_int8.bench_int8(args, results, tmp, best_of, entry)
+        if "server" in only:
+            bench_batching.bench_server(args, results, tmp, entry)
+        if "transform" in only:
+            bench_batching.bench_transform(args, results, tmp, entry)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     results["total_seconds"] = round(time.perf_counter() - started, 1)

@@ -107,3 +107,20 @@ def moto_url():
     server.start()
     yield f"http://127.0.0.1:{port}"
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_count_net():
+    """Factory: a random ResNet18 CountNet with a sharpened head (counts decided by clear margins)."""
+    import torch
+
+    from src.models.backbones import CountNet
+
+    def make(seed: int = 0, name: str = "resnet18") -> CountNet:
+        torch.manual_seed(seed)
+        net = CountNet(name, weights=None, num_classes=6).eval()
+        with torch.no_grad():
+            net.head[-1].weight.mul_(30.0)
+        return net
+
+    return make

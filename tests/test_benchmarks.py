@@ -29,3 +29,50 @@ def test_bench_writes_plain_ours_speedup_per_comparison(tmp_path):
     assert sweep["max_metric_diff"] < 1e-3  # cached and uncached trials reach the same metrics
     assert results["inference_b32"]["max_abs_logit_diff"] < 1e-3
     assert results["hardware"]["cpu_count"] >= 1 and "frozen_sweep" in run.stdout
+
+
+def bench_args(*extra: str):
+    """benchmarks.run's arguments at tiny sizes (ResNet18 at 32 px, a few requests and images)."""
+    import argparse
+
+    from benchmarks import bench_batching, bench_int8
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=8)
+    bench_int8.add_args(parser)
+    bench_batching.add_args(parser)
+    return parser.parse_args([
+        "--int8-model", "resnet18", "--int8-image-size", "32", "--int8-train", "48", "--int8-test", "24",
+        "--int8-epochs", "1", "--int8-calib", "16", "--int8-methods", "minmax,percentile",
+        "--server-model", "resnet18", "--server-image-size", "32", "--clients", "4", "--requests", "12",
+        "--transform-images", "8", "--transform-grid", "4x1,2x2", *extra])
+
+
+def test_serving_benchmarks_write_plain_ours_rows(tmp_path):
+    """Fast smoke of the int8, server and batch-transform rows (the full sizes run in `make bench`)."""
+    from benchmarks import bench_batching, bench_int8
+    from benchmarks.run import best_of, entry
+
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        args, results = bench_args(), {}
+        bench_int8.bench_int8(args, results, tmp_path, best_of, entry)
+        bench_batching.bench_server(args, results, tmp_path, entry)
+        bench_batching.bench_transform(args, results, tmp_path, entry)
+    finally:
+        torch.set_num_threads(before)
+    for name in ("inference_int8_b32", "server_concurrent", "transform_handler"):
+        row = results[name]
+        assert {"plain", "ours", "unit", "speedup"} <= row.keys() and row["plain"] > 0 and row["ours"] > 0
+        assert row["speedup"] == pytest.approx(row["ours"] / row["plain"], rel=0.02)
+    accuracy = results["inference_int8_b32"]["accuracy"]
+    assert set(accuracy["by_method"]) == {"minmax", "percentile"} and 0 <= accuracy["acc_fp32"] <= 100
+    server = results["server_concurrent"]
+    assert server["counts_identical"] is True and server["clients"] == 4
+    assert server["p99_ms"]["plain"] >= server["p50_ms"]["plain"] > 0
+    transform = results["transform_handler"]
+    assert set(transform["by_shape"]) == {"plain", "4x1", "2x2"}
+    assert transform["chosen"]["records_per_request"] in (4, 2)

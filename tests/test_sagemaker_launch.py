@@ -247,6 +247,9 @@ def test_transform_then_report_from_its_outputs(aws, tmp_path):
     assert req["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"] == f"s3://{BUCKET}/bincount/data/abid/test"
     assert req["TransformOutput"]["S3OutputPath"] == f"s3://{BUCKET}/bincount/transform/run1"
     assert req["TransformResources"] == {"InstanceType": "ml.m5.xlarge", "InstanceCount": 1}
+    # The measured request shape (configs/sagemaker/default.yaml, docs/serving_performance.md).
+    assert (req["BatchStrategy"], req["MaxConcurrentTransforms"], req["MaxPayloadInMB"]) == ("SingleRecord", 4, 6)
+    assert req["TransformInput"]["SplitType"] == "None" and "Environment" not in req
     report = result["report"]
     assert report["metrics"]["n"] == 4
     assert report["metrics"]["acc"] == pytest.approx(0.5)

@@ -267,15 +267,20 @@ def transform(ctx: Context) -> dict[str, Any]:
     model = _create_model(ctx, ctx.name("transform"), t.instance_type)
     data = str(t.input or f"{ctx.data_uri}/test")
     output = str(t.output or ctx.s3.uri("transform", ctx.stamp))
+    # Request shape and concurrency: chosen by measuring the handler (docs/serving_performance.md).
+    lines = t.get("batch_strategy", "SingleRecord") == "MultiRecord"
     transformer = Transformer(
         model_name=model, instance_count=int(t.instance_count), instance_type=t.instance_type,
-        strategy="SingleRecord", assemble_with="None", output_path=output, accept=t.accept,
-        max_payload=int(t.max_payload_mb), base_transform_job_name=f"{ctx.sm.base_job_name}-transform",
-        sagemaker_session=ctx.session, tags=ctx.tags or None,
+        strategy=t.get("batch_strategy", "SingleRecord"), assemble_with="Line" if lines else "None",
+        output_path=output, accept=t.accept, max_payload=int(t.max_payload_mb),
+        max_concurrent_transforms=t.get("max_concurrent_transforms"),
+        env={"BINCOUNT_BACKEND": str(t.backend)} if t.get("backend") else None,
+        base_transform_job_name=f"{ctx.sm.base_job_name}-transform", sagemaker_session=ctx.session,
+        tags=ctx.tags or None,
     )
     job_name = ctx.name("transform")
-    transformer.transform(data=data, data_type="S3Prefix", content_type=t.content_type, split_type="None",
-                          job_name=job_name, wait=False, logs=False)
+    transformer.transform(data=data, data_type="S3Prefix", content_type=t.content_type,
+                          split_type=t.get("split_type", "None"), job_name=job_name, wait=False, logs=False)
     result: dict[str, Any] = {"transform_job": job_name, "model": model, "output": output}
     if not ctx.cfg.get("dry_run"):
         status = _wait_for_transform(ctx.session.sagemaker_client, job_name)

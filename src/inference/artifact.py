@@ -7,6 +7,7 @@ Layout (the SageMaker PyTorch model layout)::
                                 the answer settings (ANSWER_KEYS: max_count, overflow, temperature,
                                 review_threshold, match/mismatch_threshold; absent in older artifacts)
     <model_dir>/model.onnx          optional, for the ONNX Runtime backend
+    <model_dir>/model_int8.onnx     optional, its int8 copy (backend onnx-int8), described under "int8"
     <model_dir>/code/inference.py   SageMaker handler (model_fn, input_fn, predict_fn, output_fn)
     <model_dir>/code/requirements.txt
     <model_dir>/code/src/...        vendored copy of the modules the handler imports
@@ -35,6 +36,7 @@ from src.models.counting import DECISION_RULES
 WEIGHTS_FILE = "model.pt"
 CONFIG_FILE = "model_config.json"
 ONNX_FILE = "model.onnx"
+INT8_FILE = "model_int8.onnx"  # statically quantized copy of model.onnx (export.py --int8)
 TARBALL = "model.tar.gz"
 
 SRC_ROOT = Path(__file__).resolve().parents[1]  # the `src` package
@@ -209,6 +211,20 @@ def write_tarball(model_dir: str | Path) -> Path:
             tar.add(item, arcname=str(item.relative_to(model_dir)), recursive=False)
     tmp.replace(path)
     return path
+
+
+def record_int8(model_dir: str | Path, info: dict[str, Any]) -> dict[str, Any]:
+    """Add ``"int8": {"file": ..., **info}`` (calibration, images used, val accuracy fp32 vs int8) to
+    ``model_config.json``, and refresh ``code/`` and the tarball so they carry the int8 model too."""
+    model_dir = Path(model_dir)
+    path = model_dir / CONFIG_FILE
+    config = json.loads(path.read_text())
+    config["int8"] = {"file": INT8_FILE, **info}
+    path.write_text(json.dumps(config, indent=2) + "\n")
+    write_code(model_dir, with_onnx=True)
+    if tarball_path(model_dir).is_file():
+        write_tarball(model_dir)
+    return config
 
 
 class ArtifactError(ValueError):

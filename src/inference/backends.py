@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx", "onnx-int8")  # onnx-int8: model_int8.onnx (src/inference/quantize.py)
 
 
 class TorchRunner:

@@ -36,6 +36,9 @@ def load_predictor(
             raise ValueError("net_name/image_size/decision_rule apply to ckpt_path only; a model_dir records them")
         predictor = CountPredictor.from_model_dir(model_dir, backend=backend, device=device)
         return predictor, {"model_dir": str(model_dir), "backend": backend, **predictor.config}
+    if backend == "onnx-int8":
+        raise ValueError("backend=onnx-int8 needs a model artifact (model_dir=...) holding model_int8.onnx: build it "
+                         "with `python export.py <ckpt> --int8 --calib-data <prepared data folder>`")
     from src.inference.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(ckpt_path, net_name=net_name, image_size=image_size, decision_rule=decision_rule)

@@ -33,7 +33,7 @@ MAX_BATCH = 32  # images per forward pass; longer lists are split into chunks of
 
 class CountPredictor:
     """``backend='torch'`` runs the CountNet (channels_last, faster on CPU); ``backend='onnx'`` runs
-    ``model.onnx`` with ONNX Runtime."""
+    ``model.onnx`` with ONNX Runtime, ``backend='onnx-int8'`` its int8 copy ``model_int8.onnx``."""
 
     def __init__(
         self,
@@ -60,10 +60,11 @@ class CountPredictor:
             if net is None:
                 raise ValueError("backend='torch' needs the network")
             self.runner = TorchRunner(net, device=device, channels_last=channels_last)
-        elif backend == "onnx":
+        elif backend in ("onnx", "onnx-int8"):
             if onnx_path is None or not Path(onnx_path).is_file():
+                flag = "--int8 --calib-data <prepared data folder>" if backend == "onnx-int8" else "--onnx"
                 raise FileNotFoundError(
-                    f"ONNX model {onnx_path} not found; export it with `python export.py --model-dir <dir> --onnx`"
+                    f"ONNX model {onnx_path} not found; export it with `python export.py --model-dir <dir> {flag}`"
                 )
             self.runner = OnnxRunner(onnx_path)
         else:
@@ -73,10 +74,11 @@ class CountPredictor:
     def from_model_dir(
         cls, model_dir: str | Path, backend: str = "torch", channels_last: bool = True, device: str = "cpu"
     ) -> CountPredictor:
-        from src.inference.artifact import ONNX_FILE, load_artifact, read_config
+        from src.inference.artifact import INT8_FILE, ONNX_FILE, load_artifact, read_config
 
-        if backend == "onnx":
-            return cls(None, read_config(model_dir), "onnx", Path(model_dir) / ONNX_FILE)
+        if backend in ("onnx", "onnx-int8"):
+            file = INT8_FILE if backend == "onnx-int8" else ONNX_FILE
+            return cls(None, read_config(model_dir), backend, Path(model_dir) / file)
         net, config = load_artifact(model_dir)
         return cls(net, config, backend, channels_last=channels_last, device=device)
 

@@ -434,7 +434,7 @@ def predict_batch(batch: Batch, model: CountPredictor, batch_size: int = MAX_BAT
 def model_fn(model_dir: str, context: Any = None) -> CountPredictor:
     """Load once per worker, validated (one forward pass on a blank image): a broken artifact fails
     here, so the container never reports healthy. ``BINCOUNT_BACKEND=onnx`` uses ``model.onnx`` with
-    ONNX Runtime; the torch backend runs on the GPU when the instance has one (``BINCOUNT_DEVICE``)."""
+    ONNX Runtime, ``onnx-int8`` its int8 copy ``model_int8.onnx`` (export.py --int8); the torch backend runs on the GPU when the instance has one (``BINCOUNT_DEVICE``)."""
     from src.serving.startup import load_checked
 
     device = os.environ.get("BINCOUNT_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,0 +1,158 @@
+"""Static int8 quantization of the ONNX model, and the accuracy gate that decides whether to ship it.
+
+ONNX Runtime's recipe: ``quant_pre_process`` (shape inference + graph optimisation), then
+``quantize_static`` in QDQ format with per-channel int8 weights and uint8 activations, calibrated on
+real training images. On AVX-512 VNNI CPUs ONNX Runtime runs the int8 convolutions with VNNI
+instructions (AVX2 without VNNI gains less); docs/serving_performance.md has the measured numbers.
+MinMax calibration is the default: on our models it kept accuracy as well as Entropy/Percentile
+(benchmarks/bench_int8.py, --int8-methods) at a fraction of the calibration time.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from src.data.images import CountFolder
+from src.data.transforms import eval_transform
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+DEFAULT_TOLERANCE = 0.5  # accuracy points the int8 model may lose on the validation split
+
+
+class AccuracyDropError(RuntimeError):
+    """The int8 model lost more accuracy than the tolerance allows."""
+
+
+@dataclass
+class Int8Report:
+    method: str
+    calibration_images: int
+    val_images: int
+    val_acc_fp32: float  # percent
+    val_acc_int8: float  # percent
+
+    @property
+    def drop(self) -> float:
+        """Accuracy points lost (negative: int8 scored higher)."""
+        return self.val_acc_fp32 - self.val_acc_int8
+
+
+def folder_batches(folder: str | Path, image_size: int, limit: int | None = None, batch_size: int = 32,
+                   seed: int = 0, num_classes: int = 6) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(images float32 NCHW, labels) batches of a count folder (``0/``..``5/``), preprocessed as served.
+
+    With ``limit`` a seeded random subset of that many images (all classes mixed), else every image.
+    """
+    dataset = CountFolder(folder, num_classes=num_classes, transform=eval_transform(image_size))
+    if len(dataset) == 0:
+        raise FileNotFoundError(f"{folder} holds no images in its count folders 0..{num_classes - 1}")
+    order = list(range(len(dataset)))
+    if limit is not None and limit < len(order):
+        order = sorted(random.Random(seed).sample(order, limit))
+    for start in range(0, len(order), batch_size):
+        items = [dataset[i] for i in order[start : start + batch_size]]
+        yield torch.stack([x for x, _ in items]).numpy(), np.asarray([y for _, y in items])
+
+
+def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: Callable[[], Iterator[np.ndarray]],
+                  method: str = "minmax") -> Path:
+    """Write the statically quantized copy of ``fp32_path`` to ``out_path``.
+
+    ``calibration()`` yields float32 NCHW batches preprocessed exactly as at serving time.
+    """
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    if method not in methods:
+        raise ValueError(f"Unknown calibration method {method!r}; valid: {', '.join(CALIBRATION_METHODS)}")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(calibration())
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {"images": np.ascontiguousarray(batch, dtype=np.float32)}
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="bincount-quant-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, calibrate_method=methods[method],
+            calibration_providers=["CPUExecutionProvider"],
+        )
+    return out_path
+
+
+def accuracy(runner: Callable, batches: Iterator[tuple[np.ndarray, np.ndarray]]) -> tuple[float, int]:
+    """(percent argmax accuracy, images) of ``runner(images) -> logits`` over labelled batches."""
+    correct = total = 0
+    for images, labels in batches:
+        predicted = np.asarray(runner(images)).argmax(-1)
+        correct += int((predicted == labels).sum())
+        total += len(labels)
+    return 100.0 * correct / max(total, 1), total
+
+
+def check_drop(report: Int8Report, tolerance: float = DEFAULT_TOLERANCE) -> None:
+    """Raise ``AccuracyDropError`` naming the numbers and the fix when int8 lost more than ``tolerance``."""
+    if report.drop > tolerance:
+        raise AccuracyDropError(
+            f"int8 model refused: validation accuracy {report.val_acc_int8:.2f} % vs fp32 {report.val_acc_fp32:.2f} % "
+            f"({report.drop:.2f} points lost on {report.val_images} images, tolerance {tolerance:g}). "
+            "Try another --calib-method (entropy, percentile), more --calib-images, or raise --int8-tolerance."
+        )
+
+
+def build_int8(model_dir: str | Path, data_dir: str | Path, calib_images: int = 300, method: str = "minmax",
+               tolerance: float = DEFAULT_TOLERANCE, val_images: int | None = None) -> Int8Report:
+    """Quantize ``<model_dir>/model.onnx`` on ``calib_images`` images of ``<data_dir>/train``, compare fp32
+    and int8 on ``<data_dir>/val`` and, when the drop is within ``tolerance``, write ``model_int8.onnx``
+    and record it in ``model_config.json``. Raises ``AccuracyDropError`` (and writes nothing) otherwise."""
+    from src.inference.artifact import INT8_FILE, ONNX_FILE, read_config, record_int8
+    from src.inference.backends import OnnxRunner
+
+    model_dir, data_dir = Path(model_dir), Path(data_dir)
+    config = read_config(model_dir)
+    size, classes = int(config["image_size"]), len(config["classes"])
+    for split in ("train", "val"):
+        if not (data_dir / split).is_dir():
+            raise FileNotFoundError(f"{data_dir / split} not found: --calib-data must be a prepared data folder "
+                                    "with train/ (calibration) and val/ (the accuracy check) count folders")
+    if not (model_dir / ONNX_FILE).is_file():
+        raise FileNotFoundError(f"{model_dir / ONNX_FILE} not found; export it first (export.py --onnx)")
+    candidate = model_dir / f".{INT8_FILE}.candidate"
+    used = min(calib_images, len(CountFolder(data_dir / "train", num_classes=classes)))
+    try:
+        quantize_int8(model_dir / ONNX_FILE, candidate, method=method, calibration=lambda: (
+            x for x, _ in folder_batches(data_dir / "train", size, calib_images, num_classes=classes)))
+        val = lambda: folder_batches(data_dir / "val", size, val_images, num_classes=classes)  # noqa: E731
+        acc_fp32, n = accuracy(OnnxRunner(model_dir / ONNX_FILE).run, val())
+        acc_int8, _ = accuracy(OnnxRunner(candidate).run, val())
+        report = Int8Report(method, used, n, round(acc_fp32, 3), round(acc_int8, 3))
+        check_drop(report, tolerance)
+        candidate.replace(model_dir / INT8_FILE)
+    finally:
+        candidate.unlink(missing_ok=True)
+    record_int8(model_dir, {"calibration_method": method, "calibration_images": used, "val_images": n,
+                            "val_acc_fp32": report.val_acc_fp32, "val_acc_int8": report.val_acc_int8,
+                            "tolerance_points": tolerance})
+    return report
