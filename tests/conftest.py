@@ -8,7 +8,7 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from tests.helpers import HTML_NAME, SHARED_ABID, TINY, compose_cfg
+from tests.helpers import BUCKET, HTML_NAME, REGION, SHARED_ABID, TINY, aws_env, bucket_exists, compose_cfg
 
 
 def pytest_collection_modifyitems(config, items):
@@ -124,3 +124,20 @@ def tiny_count_net():
         return net
 
     return make
+
+
+@pytest.fixture
+def aws(moto_url, tmp_path, monkeypatch):
+    """Every boto client routed to moto (SageMaker SDK telemetry off) and a fresh, empty test bucket."""
+    import boto3
+
+    for key, value in aws_env(moto_url, tmp_path).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    s3 = boto3.client("s3", region_name=REGION)
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET) if bucket_exists(s3) else []:
+        for obj in page.get("Contents", []):
+            s3.delete_object(Bucket=BUCKET, Key=obj["Key"])
+    if not bucket_exists(s3):
+        s3.create_bucket(Bucket=BUCKET)
+    return s3

@@ -115,6 +115,10 @@ def aws_env(endpoint: str, config_dir: Path) -> dict[str, str]:
             "SAGEMAKER_USER_CONFIG_OVERRIDE": str(opt_out)}
 
 
+def bucket_exists(s3) -> bool:
+    return any(b["Name"] == BUCKET for b in s3.list_buckets().get("Buckets", []))
+
+
 def only(recorder, operation: str) -> dict:
     """The one recorded request of ``operation`` (fails listing what was sent otherwise)."""
     found = recorder.requests(operation)

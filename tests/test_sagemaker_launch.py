@@ -18,30 +18,9 @@ from src.cloud.launcher import compose_launch_config, run_action
 from src.cloud.recorder import RequestRecorder
 from src.cloud.search_space import OBJECTIVE_LINE, Categorical, Continuous, load_search_space
 from src.cloud.settings import LaunchConfigError
-from tests.helpers import BASE, BUCKET, IMAGE, REGION, ROLE, aws_env, only
+from tests.helpers import BASE, BUCKET, IMAGE, REGION, ROLE, only
 
 OVERRIDES = ["experiment=quickstart", "model.optimizer.lr=0.003", "data.batch_size=32", "trainer.max_epochs=3"]
-
-
-@pytest.fixture
-def aws(moto_url, tmp_path, monkeypatch):
-    """Every boto client routed to moto, SDK telemetry off; a fresh, empty bucket."""
-    import boto3
-
-    for key, value in aws_env(moto_url, tmp_path).items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    s3 = boto3.client("s3", region_name=REGION)
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET) if _exists(s3) else []:
-        for obj in page.get("Contents", []):
-            s3.delete_object(Bucket=BUCKET, Key=obj["Key"])
-    if not _exists(s3):
-        s3.create_bucket(Bucket=BUCKET)
-    return s3
-
-
-def _exists(s3) -> bool:
-    return any(b["Name"] == BUCKET for b in s3.list_buckets().get("Buckets", []))
 
 
 def _keys(s3, prefix: str = "") -> list[str]:
