@@ -1,4 +1,7 @@
-"""Evaluate a model on a labelled folder: `python evaluate.py model_dir=... | ckpt_path=... [eval_dir=...]`."""
+"""Evaluate a model on a labelled folder: `python evaluate.py model_dir=... | ckpt_path=... [eval_dir=...]`.
+
+Calls configs/evaluate.yaml's ``_target_`` (src.evaluation.runner.evaluate) with its settings.
+"""
 
 import hydra
 from omegaconf import DictConfig
@@ -7,21 +10,9 @@ import src  # noqa: F401  (sets PROJECT_ROOT for the configs)
 
 
 def run(cfg: DictConfig) -> dict:
-    from src.evaluation.runner import evaluate
+    from src.utils.config import call_target
 
-    return evaluate(
-        eval_dir=cfg.eval_dir,
-        output_dir=cfg.output_dir,
-        model_dir=cfg.model_dir,
-        ckpt_path=cfg.ckpt_path,
-        backend=cfg.backend,
-        batch_size=cfg.batch_size,
-        num_workers=cfg.num_workers,
-        net_name=cfg.net_name,
-        image_size=cfg.image_size,
-        decision_rule=cfg.decision_rule,
-        device=cfg.device,
-    )
+    return call_target(cfg)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="evaluate")
