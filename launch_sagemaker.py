@@ -5,14 +5,12 @@ prints the exact requests (pipeline: its definition) and calls nothing. See READ
 docs/sagemaker_pipeline.md.
 """
 
-import os
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
+import src  # noqa: F401  (sets PROJECT_ROOT for the configs)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="launch")

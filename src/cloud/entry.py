@@ -26,11 +26,10 @@ from pathlib import Path
 
 from src.cloud.hyperparams import decode_hps, parse_argv
 from src.cloud.search_space import OBJECTIVE_LINE
+from src.data.layout import SPLITS
 
 log = logging.getLogger("src.cloud.entry")
-ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CHECKPOINT_DIR = "/opt/ml/checkpoints"
-SPLITS = ("train", "val", "test")
 
 
 def global_rank(env: Mapping[str, str]) -> int:
@@ -106,12 +105,9 @@ def build_overrides(argv: Sequence[str], env: Mapping[str, str]) -> list[str]:
 
 
 def compose_train_config(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from src.utils.config import compose_config
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-        return compose(config_name="train", overrides=overrides)
+    return compose_config("train", overrides)
 
 
 def run(argv: Sequence[str], env: Mapping[str, str]) -> dict:
@@ -144,5 +140,4 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    os.environ.setdefault("PROJECT_ROOT", str(ROOT))
     run(sys.argv[1:] if argv is None else argv, os.environ)

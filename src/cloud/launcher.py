@@ -21,13 +21,14 @@ from src.cloud.recorder import RequestRecorder, to_json
 from src.cloud.search_space import load_search_space, sagemaker_ranges
 from src.cloud.settings import LaunchConfigError, S3Layout, check_settings, split_s3
 from src.cloud.staging import ENTRY_SCRIPT, ROOT, stage_source
-from src.serving.handler import DEFAULT_ACCEPT_ENV
+from src.data.layout import SPLITS
+from src.serving.handler import DEFAULT_ACCEPT_ENV, DEFAULT_MAX_BODY_BYTES
 
 log = logging.getLogger(__name__)
 
 PROCESSING = "/opt/ml/processing"
 CHECKPOINT_DIR = "/opt/ml/checkpoints"
-CHANNELS = ("train", "val", "test")
+CHANNELS = SPLITS  # one training channel per split
 
 
 class Context:
@@ -379,7 +380,7 @@ def invoke(ctx: Context) -> dict[str, Any]:
     if not image or not Path(str(image)).is_file():
         raise LaunchConfigError(f"image={image!r}: give a local image file, e.g. image=bin.jpg")
     body = Path(str(image)).read_bytes()
-    if len(body) > 6 * 1024 * 1024:
+    if len(body) > DEFAULT_MAX_BODY_BYTES:
         raise LaunchConfigError(f"{image} is {len(body)} bytes; a real-time endpoint accepts at most 6 MB")
     e = ctx.sm.endpoint
     runtime = ctx.boto.client("sagemaker-runtime")
@@ -491,11 +492,8 @@ def _dry_run(cfg: DictConfig, action: str, recorder: RequestRecorder) -> dict[st
 
 def compose_launch_config(overrides: list[str]) -> DictConfig:
     """The launch config without Hydra's runtime (tests, notebooks)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from src.utils.config import compose_config
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-        cfg = compose(config_name="launch", overrides=overrides)
+    cfg = compose_config("launch", overrides)
     OmegaConf.set_readonly(cfg, False)
     return cfg

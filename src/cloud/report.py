@@ -9,9 +9,8 @@ from collections.abc import Iterable
 import torch
 
 from src.cloud.settings import split_s3
+from src.data.layout import NUM_CLASSES
 from src.models.metrics import metrics_from_confusion
-
-NUM_CLASSES = 6
 
 
 def label_from_key(key: str) -> int | None:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
+from src.data.storage import parse_s3
+
 _ROLE = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")
 
 
@@ -44,7 +46,8 @@ def check_settings(sm: DictConfig) -> S3Layout:
 
 
 def split_s3(uri: str) -> tuple[str, str]:
+    """``s3://bucket/key`` -> ``("bucket", "key")`` (the key as given: a trailing ``/`` is kept)."""
     if not uri.startswith("s3://"):
         raise LaunchConfigError(f"{uri!r} is not an s3:// URI")
-    bucket, _, key = uri[5:].partition("/")
-    return bucket, key
+    bucket, _ = parse_s3(uri)
+    return bucket, uri[len("s3://") + len(bucket) + 1:]

@@ -6,7 +6,9 @@ import hashlib
 import shutil
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from src import PROJECT_ROOT
+
+ROOT = PROJECT_ROOT
 # What the containers need; never .venv, data, logs or anything with local secrets.
 INCLUDE = ("src", "configs", "train.py", "prepare_data.py", "evaluate.py", "sagemaker_entry.py")
 CONTAINER_REQUIREMENTS = Path(__file__).with_name("requirements-container.txt")

@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from src.serving.handler import DEFAULT_MAX_BODY_BYTES
+
 
 def serve(
     model_dir: str | Path,
@@ -14,7 +16,7 @@ def serve(
     port: int = 8080,
     torch_threads: int | None = None,
     log_level: str = "info",
-    max_body_bytes: int = 6 * 1024 * 1024,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_pixels: int = 25_000_000,
     max_images: int = 128,
     max_request_pixels: int = 64_000_000,
