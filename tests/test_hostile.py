@@ -41,12 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WORST_REQUEST_PEAK_MB = 400
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: small models, shared cores
 
 
 @pytest.fixture(scope="module")

@@ -25,12 +25,7 @@ from src.serving.handler import model_fn
 SIZE = 64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: small models, shared cores
 
 
 @pytest.fixture(scope="module")
