@@ -73,3 +73,18 @@ def test_evaluate_writes_report_beside_metrics(html_name_evaluation):
     assert wrong > 0
     assert html.count('src="data:image/jpeg;base64,') == min(wrong, 24)
     assert "&lt;img src=x onerror=alert(1)&gt;" in html and "<img src=x" not in html
+
+
+def test_overflow_class_is_shown_as_more_than_and_answer_tiles_appear():
+    from src.evaluation.html_report import answer_tiles, class_labels
+
+    metrics = {"model": {"overflow": True, "classes": list(range(7))},
+               "calibration": {"ece_before": 0.221, "ece_after": 0.039}, "selective": {"acc_at_50": 0.624},
+               "reconciliation": {"off_by_2": {"roc_auc": 0.79}},
+               "overflow": {"overflow_precision": 0.637, "overflow_recall": 0.716}}
+    assert class_labels(metrics, 7) == ["0", "1", "2", "3", "4", "5", ">5"]
+    assert class_labels({"model": {"classes": list(range(6))}}, 6)[-1] == "5"
+    assert answer_tiles(metrics) == {"ECE calibrated": "0.039 (raw 0.221)", "accuracy at 50 % coverage": "62.4 %",
+                                     "mismatch AUC, off by 2": "0.790",
+                                     "more than 5: precision / recall": "63.7 / 71.6 %"}
+    assert answer_tiles({}) == {}

@@ -30,10 +30,29 @@ THUMBNAIL_PX = 160
 
 def class_labels(metrics: dict[str, Any], num_classes: int) -> list[str]:
     """Display names of the classes: the model's own when it lists them (e.g. ``">5"``)."""
-    classes = (metrics.get("model") or {}).get("classes")
+    model = metrics.get("model") or {}
+    if model.get("overflow"):  # the last class means "more than max_count": never show it as a count
+        return [str(c) for c in range(num_classes - 1)] + [f">{num_classes - 2}"]
+    classes = model.get("classes")
     if isinstance(classes, list) and len(classes) == num_classes:
         return [str(c) for c in classes]
     return [str(c) for c in range(num_classes)]
+
+
+def answer_tiles(metrics: dict[str, Any]) -> dict[str, str]:
+    """Headline tiles for the warehouse's numbers, where evaluate.py computed them."""
+    tiles = {}
+    cal, sel, rec, over = (metrics.get(k) or {} for k in ("calibration", "selective", "reconciliation", "overflow"))
+    if cal.get("ece_after") is not None:
+        tiles["ECE calibrated"] = f"{cal['ece_after']:.3f} (raw {cal['ece_before']:.3f})"
+    if sel.get("acc_at_50") is not None:
+        tiles["accuracy at 50 % coverage"] = f"{100 * sel['acc_at_50']:.1f} %"
+    if (rec.get("off_by_2") or {}).get("roc_auc") is not None:
+        tiles["mismatch AUC, off by 2"] = f"{rec['off_by_2']['roc_auc']:.3f}"
+    if over.get("overflow_precision") is not None:
+        tiles["more than 5: precision / recall"] = (
+            f"{100 * over['overflow_precision']:.1f} / {100 * over['overflow_recall']:.1f} %")
+    return tiles
 
 
 def worst_mistakes(pred: FolderPredictions, limit: int = GALLERY_SIZE) -> list[int]:
@@ -64,6 +83,7 @@ def png_uri(path: Path) -> str:
 def _columns(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """The compared predictors: this model, the published baseline, the constant predictors."""
     consts = metrics["constant_predictor"]
+    labels = class_labels(metrics, len(metrics["confusion_matrix"]))
     columns = [
         {"name": "this model", "values": metrics, "highlight": True},
         {"name": BASELINE["name"] + " (published)", "values": {
@@ -71,10 +91,10 @@ def _columns(metrics: dict[str, Any]) -> list[dict[str, Any]]:
             **{f"acc_class_{c}": v for c, v in enumerate(BASELINE["acc_class"])},
             **{f"rmse_class_{c}": v for c, v in enumerate(BASELINE["rmse_class"])},
         }},
-        {"name": f"always {consts['majority']['count']} (majority)", "values": consts["majority"]},
+        {"name": f"always {labels[consts['majority']['count']]} (majority)", "values": consts["majority"]},
     ]
     if consts["best_rmse"]["count"] != consts["majority"]["count"]:
-        columns.append({"name": f"always {consts['best_rmse']['count']} (min RMSE)", "values": consts["best_rmse"]})
+        columns.append({"name": f"always {labels[consts['best_rmse']['count']]} (min RMSE)", "values": consts["best_rmse"]})
     return columns
 
 
@@ -113,7 +133,7 @@ def render_report(
         plots=[{"title": p.stem.replace("_", " "), "uri": png_uri(p)} for p in plots],
         gallery=gallery,
         n_wrong=int((pred.counts != pred.targets).sum()),
-        extras={k: metrics[k] for k in ("ece", "ece_calibrated", "temperature", "coverage") if k in metrics},
+        extras=answer_tiles(metrics),
     )
 
 
