@@ -364,7 +364,10 @@ def test_pipeline_upserts_starts_and_creates_the_model_package_group(launched, i
 
 
 @pytest.mark.slow  # a second ~15 s build
-def test_a_rerun_updates_the_pipeline_and_start_false_starts_nothing(launched, ids_file):
+def test_a_rerun_updates_the_pipeline_and_start_false_starts_nothing(launched, ids_file, aws):
+    # A dry run's in-process mock_aws resets the moto backends this server shares: create the bucket
+    # (aws) and the pipeline again first, so the second launch is a rerun whatever ran before.
+    launch(*pipeline_overrides(ids_file, "start=false"))
     _, rec = launch(*pipeline_overrides(ids_file, "start=false", "sagemaker.pipeline.mode=tune"))
     ops = [c["operation"] for c in rec.api_calls()]
     assert ops[:2] == ["CreatePipeline", "UpdatePipeline"]  # the SDK's upsert: create, exists, update
