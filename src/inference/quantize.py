@@ -45,12 +45,12 @@ class Int8Report:
 
 
 def folder_batches(folder: str | Path, image_size: int, limit: int | None = None, batch_size: int = 32,
-                   seed: int = 0, num_classes: int = 6) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                   seed: int = 0, num_classes: int = 6, overflow: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(images float32 NCHW, labels) batches of a count folder (``0/``..``5/``), preprocessed as served.
 
     With ``limit`` a seeded random subset of that many images (all classes mixed), else every image.
     """
-    dataset = CountFolder(folder, num_classes=num_classes, transform=eval_transform(image_size))
+    dataset = CountFolder(folder, num_classes=num_classes, transform=eval_transform(image_size), overflow=overflow)
     if len(dataset) == 0:
         raise FileNotFoundError(f"{folder} holds no images in its count folders 0..{num_classes - 1}")
     order = list(range(len(dataset)))
@@ -133,6 +133,7 @@ def build_int8(model_dir: str | Path, data_dir: str | Path, calib_images: int = 
     model_dir, data_dir = Path(model_dir), Path(data_dir)
     config = read_config(model_dir)
     size, classes = int(config["image_size"]), len(config["classes"])
+    overflow = bool(config.get("overflow"))  # the last class is read from <split>/6plus/
     for split in ("train", "val"):
         if not (data_dir / split).is_dir():
             raise FileNotFoundError(f"{data_dir / split} not found: --calib-data must be a prepared data folder "
@@ -140,11 +141,11 @@ def build_int8(model_dir: str | Path, data_dir: str | Path, calib_images: int = 
     if not (model_dir / ONNX_FILE).is_file():
         raise FileNotFoundError(f"{model_dir / ONNX_FILE} not found; export it first (export.py --onnx)")
     candidate = model_dir / f".{INT8_FILE}.candidate"
-    used = min(calib_images, len(CountFolder(data_dir / "train", num_classes=classes)))
+    used = min(calib_images, len(CountFolder(data_dir / "train", num_classes=classes, overflow=overflow)))
     try:
         quantize_int8(model_dir / ONNX_FILE, candidate, method=method, calibration=lambda: (
-            x for x, _ in folder_batches(data_dir / "train", size, calib_images, num_classes=classes)))
-        val = lambda: folder_batches(data_dir / "val", size, val_images, num_classes=classes)  # noqa: E731
+            x for x, _ in folder_batches(data_dir / "train", size, calib_images, num_classes=classes, overflow=overflow)))
+        val = lambda: folder_batches(data_dir / "val", size, val_images, num_classes=classes, overflow=overflow)  # noqa: E731
         acc_fp32, n = accuracy(OnnxRunner(model_dir / ONNX_FILE).run, val())
         acc_int8, _ = accuracy(OnnxRunner(candidate).run, val())
         report = Int8Report(method, used, n, round(acc_fp32, 3), round(acc_int8, 3))
