@@ -163,3 +163,15 @@ def test_record_int8_updates_config_code_and_tarball(tmp_path):
         names = set(tar.getnames())
         assert json.load(tar.extractfile("model_config.json"))["int8"]["calibration_method"] == "minmax"
     assert {INT8_FILE, "code/inference.py"} <= names
+
+
+def test_calibration_and_gate_read_the_overflow_folder_of_an_overflow_model(tmp_path, synthetic_dir):
+    """A 7-class model's '>5' images live in <split>/6plus/: calibration and the accuracy gate see them."""
+    folder = shutil.copytree(synthetic_dir / "val", tmp_path / "val")
+    (folder / "6plus").mkdir()
+    for path in sorted((folder / "5").iterdir())[:4]:
+        shutil.move(path, folder / "6plus" / path.name)
+    labels = np.concatenate([y for _, y in folder_batches(folder, 32, num_classes=7, overflow=True)])
+    assert (labels == 6).sum() == 4 and len(labels) == 60
+    without = np.concatenate([y for _, y in folder_batches(folder, 32, num_classes=7)])
+    assert (without == 6).sum() == 0  # what the gate scored before: the overflow images left out
