@@ -69,7 +69,7 @@ def server_latency(predictor, body: bytes, n: int, warmup: int = 5) -> dict:
 
 
 def batch_eval(predictor, folder: Path, batch_size: int) -> dict:
-    from src.evaluation.batch import predict_folder
+    from src.inference.folder import predict_folder
 
     t = time.perf_counter()
     pred = predict_folder(predictor, folder, 6, batch_size=batch_size, num_workers=0)

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from src.data.synthetic import make_imagefolder
-from src.evaluation.batch import FolderPredictions
 from src.evaluation.report import build_metrics, summary_table, write_report
 from src.evaluation.runner import evaluate
 from src.inference.artifact import export_artifact
+from src.inference.folder import FolderPredictions
 from tests.helpers import IMAGE_SIZE, compose_cfg, fake_checkpoint, tiny_net
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -301,7 +301,7 @@ def hostile_folder(root: Path) -> Path:
 
 @pytest.mark.timeout(60)  # the FIFO: a regression would hang here, not pass
 def test_evaluation_walks_loops_links_and_fifos_safely(predictor, tmp_path):
-    from src.evaluation.batch import predict_folder
+    from src.inference.folder import predict_folder
 
     root = hostile_folder(tmp_path / "eval")
     got = predict_folder(predictor, root, num_classes=6, batch_size=4)

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from src.evaluation.batch import FolderPredictions
 from src.evaluation.html_report import worst_mistakes, write_html_report
 from src.evaluation.report import write_report
+from src.inference.folder import FolderPredictions
 from tests.helpers import HTML_NAME
 
 

@@ -38,7 +38,9 @@ def upward_imports(src: Path) -> list[str]:
         own = rel.parts[0]
         for name in imports(path):
             parts = name.split(".")
-            if parts[0] == "src" and len(parts) > 1 and parts[1] in LAYERS and LAYERS[parts[1]] > LAYERS[own]:
+            # Above is forbidden, and so is a sibling on the same layer (training <-> evaluation).
+            if parts[0] == "src" and len(parts) > 1 and parts[1] in LAYERS and parts[1] != own \
+                    and LAYERS[parts[1]] >= LAYERS[own] and not (LAYERS[own] == 0 and LAYERS[parts[1]] == 0):
                 upward.append(f"{rel}: imports {name}")
     return upward
 
@@ -65,4 +67,7 @@ def test_a_planted_upward_import_is_caught(tmp_path):
     bad.write_text("def f():\n    from src.serving.handler import decode_request\n")
     (tmp_path / "serving").mkdir()
     (tmp_path / "serving" / "ok.py").write_text("import src.data.images\n")
-    assert upward_imports(tmp_path) == ["data/bad.py: imports src.serving.handler"]
+    (tmp_path / "training").mkdir()
+    (tmp_path / "training" / "sibling.py").write_text("from src.evaluation.runner import evaluate\n")
+    assert upward_imports(tmp_path) == ["data/bad.py: imports src.serving.handler",
+                                        "training/sibling.py: imports src.evaluation.runner"]

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from src.evaluation.batch import FolderPredictions
 from src.inference.calibration import accuracy_at_coverage, ece, reliability, risk_coverage, wrong_quantities
+from src.inference.folder import FolderPredictions
 
 COVERAGES = (0.5, 0.8)
 OFFSETS = (1, 2)

@@ -17,8 +17,8 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader
 
 from src.data.images import load_rgb
-from src.evaluation.batch import FolderPredictions
 from src.evaluation.report import BASELINE
+from src.inference.folder import FolderPredictions
 
 log = logging.getLogger(__name__)
 

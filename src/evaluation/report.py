@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from src.evaluation.answers import answer_metrics, verdicts, write_answer_plots
-from src.evaluation.batch import FolderPredictions
+from src.inference.folder import FolderPredictions
 from src.models.metrics import metrics_from_confusion
 
 # abid_challenge baseline (ResNet-34 from scratch, full train split, 40 epochs) on its validation split.

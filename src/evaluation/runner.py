@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from src.evaluation.batch import predict_folder
 from src.evaluation.html_report import write_html_report
 from src.evaluation.model_quality import write_model_quality
 from src.evaluation.report import summary_table, write_report
+from src.inference.folder import predict_folder
 from src.inference.loading import load_predictor
 
 log = logging.getLogger(__name__)

@@ -68,7 +68,7 @@ def fit_on_folder(
     batch_size: int = 64,
 ) -> dict[str, Any]:
     """Predict the validation folder with the trained ``net`` (the serving preprocessing), then fit."""
-    from src.evaluation.batch import predict_folder  # same layer: the one labelled-folder reader
+    from src.inference.folder import predict_folder  # the one labelled-folder reader (evaluation uses it too)
 
     answers = {"overflow": True} if overflow else None
     config = model_config(net, image_size, decision_rule, answers)

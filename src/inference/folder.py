@@ -1,5 +1,5 @@
-"""Batch prediction over a labelled folder ``<eval_dir>/<count>/<image>`` (and ``6plus/`` for a
-model with the overflow class); bad images are skipped."""
+"""Predict a labelled folder ``<eval_dir>/<count>/<image>`` (``6plus/`` too for a model with the overflow
+class), for evaluation and for the answer fitting after training; bad images are skipped."""
 
 from __future__ import annotations
 
