@@ -4,7 +4,8 @@
 app under uvicorn on 127.0.0.1; plain runs one request per forward pass, ours the same app with
 ``with_micro_batching``. Requests/s and p50/p99 latency, rounds interleaved, best round each; the
 counts of both servers are compared. Extra layouts (ONNX Runtime intra-op threads) are recorded
-beside it.
+beside it. One row per backend of ``--server-backends``: ``server_concurrent`` is the first (torch,
+the default backend), the others are ``server_concurrent_<backend>``.
 
 ``transform_handler``: what a SageMaker batch-transform job does to the container, run locally
 through the handler (input_fn -> predict_fn -> output_fn): plain is one image per request
@@ -38,13 +39,14 @@ from src.models.backbones import CountNet
 def add_args(parser) -> None:
     parser.add_argument("--server-model", default="resnet50")
     parser.add_argument("--server-image-size", type=int, default=224)
-    parser.add_argument("--server-backend", default="onnx", choices=["torch", "onnx"])
+    parser.add_argument("--server-backends", default="torch,onnx",
+                        help="backends to serve (comma-separated; the first is the headline row)")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=64, help="timed requests per server and round")
     parser.add_argument("--single-requests", type=int, default=12, help="requests of the one-client latency check")
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
-    parser.add_argument("--server-threads", default="", help="extra ORT intra-op thread counts to try batched, e.g. 1")
+    parser.add_argument("--server-threads", default="", help="extra intra-op thread counts to try batched, e.g. 1")
     parser.add_argument("--server-processes", type=int, default=0,
                         help="also try N serve.py processes (as N uvicorn workers), cores/N threads each")
     parser.add_argument("--transform-images", type=int, default=48)
@@ -72,22 +74,24 @@ def model_dir(args, tmp: Path) -> Path:
     if not (folder / "model_config.json").is_file():
         torch.manual_seed(0)
         export_artifact(CountNet(args.server_model, None, 6), args.server_image_size, "argmax", folder,
-                        onnx=args.server_backend == "onnx", tarball=False)
+                        onnx=True, tarball=False)
     return folder
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """CPU time (user + system, all threads) of this process plus the processes ``pids``."""
-    total = time.process_time()
+def cpu_seconds(pids: list[int], own: bool = True) -> float:
+    """CPU time (user + system, all threads) of the processes ``pids``, plus this one when ``own``."""
+    total = time.process_time() if own else 0.0
     for pid in pids:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
 
 
-def load_run(base: str | list[str], bodies: list[bytes], clients: int, requests: int, pids: list[int] = ()) -> dict:
+def load_run(base: str | list[str], bodies: list[bytes], clients: int, requests: int, pids: list[int] = (),
+             client_cpu: bool = True) -> dict:
     """``clients`` threads share ``requests`` POSTs (client k talks to ``base[k % len(base)]``); returns
-    requests/s, requests per CPU-second (this process + ``pids``), p50/p99 ms and the counts by body.
+    requests/s, requests per CPU-second (``pids``, plus this process when ``client_cpu``), p50/p99 ms
+    and the counts by body.
 
     Requests per CPU-second is the fair number on a shared machine: a layout with more runnable
     threads takes a larger share of a contended CPU, which wall-clock requests/s rewards."""
@@ -115,70 +119,76 @@ def load_run(base: str | list[str], bodies: list[bytes], clients: int, requests:
                     latencies.append(elapsed)
                     counts.setdefault(i % len(bodies), set()).add(r.json()["predictions"][0]["count"])
 
-    start, cpu = time.perf_counter(), cpu_seconds(pids)
+    start, cpu = time.perf_counter(), cpu_seconds(pids, client_cpu)
     with ThreadPoolExecutor(clients) as pool:
         for f in [pool.submit(client, k) for k in range(clients)]:
             f.result()
-    seconds, cpu = time.perf_counter() - start, cpu_seconds(pids) - cpu
+    seconds, cpu = time.perf_counter() - start, cpu_seconds(pids, client_cpu) - cpu
     return {"rps": requests / seconds, "per_cpu_s": requests / cpu, "p50_ms": float(np.percentile(latencies, 50)),
             "p99_ms": float(np.percentile(latencies, 99)), "counts": counts}
 
 
-def bench_server(args, results: dict, tmp: Path, entry) -> None:
-    from src.serving.app import create_app, serve_in_background
-    from src.serving.batching import with_micro_batching
+def backends(args) -> list[str]:
+    return [b.strip() for b in args.server_backends.split(",") if b.strip()]
 
+
+def row_name(base: str, backend: str, args) -> str:
+    return base if backend == backends(args)[0] else f"{base}_{backend.replace('-', '_')}"
+
+
+def bench_server(args, results: dict, tmp: Path, entry) -> None:
+    for backend in backends(args):
+        results[row_name("server_concurrent", backend, args)] = bench_server_backend(args, backend, tmp, entry)
+
+
+def bench_server_backend(args, backend: str, tmp: Path, entry) -> dict:
+    """Every layout is its own ``serve.py`` process (as deployed); the clients run in this process, so
+    requests per CPU-second counts the server's CPU only."""
     folder = model_dir(args, tmp)
     bodies = [abid_like_jpeg(s) for s in range(8)]
-    plain = CountPredictor.from_model_dir(folder, backend=args.server_backend)
-    layouts = {"plain": plain, "ours": with_micro_batching(plain, args.max_batch, args.max_wait_ms)}
+    cores = os.cpu_count() or 1
+    layouts = {"plain": (1, cores, False), "ours": (1, cores, True)}  # processes, threads each, batched
     for threads in filter(None, args.server_threads.split(",")):
-        os.environ["BINCOUNT_ORT_THREADS"] = threads
-        layouts[f"batched_ort{threads}"] = with_micro_batching(
-            CountPredictor.from_model_dir(folder, backend=args.server_backend), args.max_batch, args.max_wait_ms)
-        os.environ.pop("BINCOUNT_ORT_THREADS")
+        layouts[f"batched_threads{threads}"] = (1, int(threads), True)
+    n = args.server_processes
+    for batched in (False, True) if n > 1 else ():
+        layouts[f"processes{n}_{'batched' if batched else 'plain'}"] = (n, max(1, cores // n), batched)
     best: dict[str, dict] = {}
     with contextlib.ExitStack() as stack:
-        bases = {k: (stack.enter_context(serve_in_background(create_app(p))), []) for k, p in layouts.items()}
-        n = args.server_processes
-        for batched in (False, True) if n > 1 else ():
-            bases[f"processes{n}_{'batched' if batched else 'plain'}"] = stack.enter_context(
-                serve_processes(args, folder, tmp, n, batched))
+        bases = {k: stack.enter_context(serve_processes(args, backend, folder, tmp, *layout))
+                 for k, layout in layouts.items()}
         for base, pids in bases.values():  # warm-up: sessions, thread pools, connections
             load_run(base, bodies, 4, 8, pids)
         single: dict[str, float] = {}
         for _ in range(args.rounds):
             for name, (base, pids) in bases.items():
-                run = load_run(base, bodies, args.clients, args.requests, pids)
+                run = load_run(base, bodies, args.clients, args.requests, pids, client_cpu=False)
                 if name not in best or run["rps"] > best[name]["rps"]:
                     best[name] = run
             for name in ("plain", "ours"):  # light traffic: what max_wait_ms costs a lone request
                 p50 = load_run(bases[name][0], bodies, 1, args.single_requests)["p50_ms"]
                 single[name] = min(single.get(name, p50), p50)
-    for p in layouts.values():
-        if hasattr(p, "batcher"):
-            p.batcher.close()
     same = all(best["plain"]["counts"][i] == best["ours"]["counts"][i] for i in best["plain"]["counts"])
-    sizes = layouts["ours"].batcher.batch_sizes
-    results["server_concurrent"] = entry(
+    return entry(
         best["plain"]["rps"], best["ours"]["rps"], "requests/s",
-        model=f"{args.server_model} @ {args.server_image_size}px, backend {args.server_backend}, random weights",
+        model=f"{args.server_model} @ {args.server_image_size}px, backend {backend}, random weights",
+        server=f"serve.py, 1 process, {cores} threads; clients in another process on the same machine",
         clients=args.clients, requests=args.requests, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
         p50_ms={"plain": round(best["plain"]["p50_ms"], 1), "ours": round(best["ours"]["p50_ms"], 1)},
         p99_ms={"plain": round(best["plain"]["p99_ms"], 1), "ours": round(best["ours"]["p99_ms"], 1)},
         p99_ratio=round(best["ours"]["p99_ms"] / best["plain"]["p99_ms"], 2), counts_identical=same,
         one_client_p50_ms={k: round(v, 1) for k, v in single.items()},
-        mean_batch=round(sum(k * v for k, v in sizes.items()) / max(sum(sizes.values()), 1), 1),
-        requests_per_cpu_s={k: round(best[k]["per_cpu_s"], 3) for k in ("plain", "ours")},
+        requests_per_server_cpu_s={k: round(best[k]["per_cpu_s"], 3) for k in ("plain", "ours")},
         per_cpu_speedup=round(best["ours"]["per_cpu_s"] / best["plain"]["per_cpu_s"], 2),
-        layouts={k: {"rps": round(v["rps"], 2), "per_cpu_s": round(v["per_cpu_s"], 3), "p50_ms": round(v["p50_ms"], 1),
-                     "p99_ms": round(v["p99_ms"], 1)} for k, v in best.items()},
+        layouts={k: {"rps": round(v["rps"], 2), "per_server_cpu_s": round(v["per_cpu_s"], 3),
+                     "p50_ms": round(v["p50_ms"], 1), "p99_ms": round(v["p99_ms"], 1)} for k, v in best.items()},
     )
 
 
 @contextlib.contextmanager
-def serve_processes(args, folder: Path, tmp: Path, n: int, batched: bool):
-    """``n`` ``serve.py`` processes on free local ports, ``cores // n`` threads each; yields their URLs."""
+def serve_processes(args, backend: str, folder: Path, tmp: Path, n: int, threads: int, batched: bool):
+    """``n`` ``serve.py`` processes on free local ports, ``threads`` intra-op threads each; yields
+    (their URLs, their pids)."""
     import socket
     import subprocess
     import sys
@@ -186,14 +196,13 @@ def serve_processes(args, folder: Path, tmp: Path, n: int, batched: bool):
     import httpx
 
     root = Path(__file__).resolve().parents[1]
-    threads = max(1, (os.cpu_count() or 1) // n)
     procs, urls = [], []
     try:
         for _ in range(n):
             with socket.socket() as sock:
                 sock.bind(("127.0.0.1", 0))
                 port = sock.getsockname()[1]
-            cmd = [sys.executable, "serve.py", f"model_dir={folder}", f"backend={args.server_backend}", f"port={port}",
+            cmd = [sys.executable, "serve.py", f"model_dir={folder}", f"backend={backend}", f"port={port}",
                    f"torch_threads={threads}", f"micro_batching.enabled={str(batched).lower()}",
                    f"micro_batching.max_batch={args.max_batch}", f"micro_batching.max_wait_ms={args.max_wait_ms}",
                    "log_level=warning", f"hydra.run.dir={tmp / f'serve_{port}'}"]
@@ -226,9 +235,14 @@ def transform_bodies(jpeg: bytes, n: int, records: int) -> list[bytes]:
 
 
 def bench_transform(args, results: dict, tmp: Path, entry) -> None:
+    for backend in backends(args):
+        results[row_name("transform_handler", backend, args)] = bench_transform_backend(args, backend, tmp, entry)
+
+
+def bench_transform_backend(args, backend: str, tmp: Path, entry) -> dict:
     from src.serving.handler import input_fn, output_fn, predict_fn
 
-    predictor = CountPredictor.from_model_dir(model_dir(args, tmp), backend=args.server_backend)
+    predictor = CountPredictor.from_model_dir(model_dir(args, tmp), backend=backend)
     jpeg = abid_like_jpeg()
     n = args.transform_images
 
@@ -261,9 +275,9 @@ def bench_transform(args, results: dict, tmp: Path, entry) -> None:
     ips = {k: n / v for k, v in best.items()}
     choice = max((k for k in ips if k != "plain"), key=ips.get)
     records, concurrent = shapes[choice]
-    results["transform_handler"] = entry(
+    return entry(
         ips["plain"], ips[choice], "images/s", images=n, model=f"{args.server_model} @ {args.server_image_size}px, "
-        f"backend {args.server_backend}", plain_shape="1 image per request, MaxConcurrentTransforms 1",
+        f"backend {backend}", plain_shape="1 image per request, MaxConcurrentTransforms 1",
         chosen={"records_per_request": records, "max_concurrent_transforms": concurrent,
                 "batch_strategy": "MultiRecord" if records > 1 else "SingleRecord",
                 "max_payload_mb": max(1, -(-runs[choice][1] // (1 << 20)))},

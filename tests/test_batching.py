@@ -141,6 +141,42 @@ def test_batched_server_matches_the_unbatched_one_and_isolates_bad_requests(pred
     assert sum(k * v for k, v in batched.batcher.batch_sizes.items()) == len(good)
 
 
+def test_batches_fill_past_the_decoding_workers_while_decoding_stays_bounded(predictor, monkeypatch):
+    """workers=2 bounds how many requests decode at once, not how many wait for the shared forward:
+    with a slow forward, the 8 requests that queue behind it run together."""
+    import copy
+
+    import src.serving.handler as handler
+
+    decoding, most = [0], [0]
+    lock = threading.Lock()
+    real_decode = handler.decode_image
+
+    def counting_decode(*args, **kwargs):
+        with lock:
+            decoding[0] += 1
+            most[0] = max(most[0], decoding[0])
+        try:
+            threading.Event().wait(0.01)
+            return real_decode(*args, **kwargs)
+        finally:
+            with lock:
+                decoding[0] -= 1
+
+    monkeypatch.setattr(handler, "decode_image", counting_decode)
+    slow = copy.copy(predictor)
+    slow.runner = lambda images: (threading.Event().wait(0.3), predictor.runner(images))[1]
+    batched = with_micro_batching(slow, max_batch=16, max_wait_ms=5)
+    try:
+        with serve_in_background(create_app(batched, workers=2, check=False)) as url:
+            responses = post_all(url, [(jpeg(200 + i), "image/jpeg") for i in range(10)])
+    finally:
+        batched.batcher.close()
+    assert [r.status_code for r in responses] == [200] * 10
+    assert most[0] <= 2  # never more than `workers` requests decoding
+    assert max(batched.batcher.batch_sizes) >= 4  # before: at most `workers` requests per forward
+
+
 def test_json_request_with_several_images_is_answered_in_order(predictor):
     images = [jpeg(100 + i) for i in range(5)]
     body = json.dumps({"images": [base64.b64encode(b).decode() for b in images]}).encode()

@@ -45,7 +45,7 @@ def bench_args(*extra: str):
     return parser.parse_args([
         "--int8-model", "resnet18", "--int8-image-size", "32", "--int8-train", "48", "--int8-test", "24",
         "--int8-epochs", "1", "--int8-calib", "16", "--int8-methods", "minmax,percentile",
-        "--server-model", "resnet18", "--server-image-size", "32", "--clients", "4", "--requests", "12",
+        "--server-model", "resnet18", "--server-image-size", "32", "--server-backends", "torch,onnx", "--clients", "4", "--requests", "12",
         "--transform-images", "8", "--transform-grid", "4x1,2x2", *extra])
 
 
@@ -64,7 +64,8 @@ def test_serving_benchmarks_write_plain_ours_rows(tmp_path):
         bench_batching.bench_transform(args, results, tmp_path, entry)
     finally:
         torch.set_num_threads(before)
-    for name in ("inference_int8_b32", "server_concurrent", "transform_handler"):
+    for name in ("inference_int8_b32", "server_concurrent", "server_concurrent_onnx", "transform_handler",
+                 "transform_handler_onnx"):
         row = results[name]
         assert {"plain", "ours", "unit", "speedup"} <= row.keys() and row["plain"] > 0 and row["ours"] > 0
         assert row["speedup"] == pytest.approx(row["ours"] / row["plain"], rel=0.02)
@@ -72,6 +73,8 @@ def test_serving_benchmarks_write_plain_ours_rows(tmp_path):
     assert set(accuracy["by_method"]) == {"minmax", "percentile"} and 0 <= accuracy["acc_fp32"] <= 100
     server = results["server_concurrent"]
     assert server["counts_identical"] is True and server["clients"] == 4
+    assert "backend torch" in server["model"] and "backend onnx" in results["server_concurrent_onnx"]["model"]
+    assert server["requests_per_server_cpu_s"]["ours"] > 0
     assert server["p99_ms"]["plain"] >= server["p50_ms"]["plain"] > 0
     transform = results["transform_handler"]
     assert set(transform["by_shape"]) == {"plain", "4x1", "2x2"}

@@ -3,8 +3,9 @@
 The app wraps the very handler functions the SageMaker container calls, with a model loaded once
 and checked (one forward pass) when the app is built. Bodies are read in chunks, refused past
 ``max_body_bytes`` (whatever Content-Length claims) and past ``body_timeout_s``; the response type
-is decided before any work; decoding and inference run in a pool of ``workers`` threads; every
-error is a JSON body ``{"error": ..., "status": ...}``. Limits: ``src.serving.limits``, timeouts:
+is decided before any work; at most ``workers`` requests decode images at once, and as many run
+their forward pass (a micro-batched predictor lets up to its ``max_batch`` requests wait for the
+shared forward, which is what fills its batches); every error is a JSON body ``{"error": ..., "status": ...}``. Limits: ``src.serving.limits``, timeouts:
 ``run``'s settings; docs/serving_limits.md.
 """
 
@@ -37,7 +38,7 @@ from src.serving.handler import (
     expected_from_request,
     media_type,
     output_fn,
-    predict_fn,
+    predict_batch,
 )
 from src.serving.limits import Limits
 from src.serving.protocol import guarded_h11
@@ -81,8 +82,8 @@ def create_app(
     workers: int = 2,
     check: bool = True,
 ) -> FastAPI:
-    """``limits`` (``max_body_bytes``/``max_pixels`` override it); ``workers``: requests decoded and
-    run at once (the rest wait), which bounds memory and CPU; ``check``: refuse a model that fails
+    """``limits`` (``max_body_bytes``/``max_pixels`` override it); ``workers``: requests decoding at
+    once (the rest wait), which bounds memory and CPU; ``check``: refuse a model that fails
     one forward pass on a blank image (``StartupError``), so ``/ping`` only ever answers for a
     model that can answer."""
     limits = Limits.from_env(max_body_bytes=max_body_bytes, max_pixels=max_pixels) if limits is None else limits
@@ -91,7 +92,9 @@ def create_app(
     app = FastAPI(title="bincount", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.predictor = predictor
     app.state.limits = limits
-    slots = anyio.CapacityLimiter(workers)
+    decode_gate = threading.BoundedSemaphore(workers)
+    batcher = getattr(predictor, "batcher", None)  # with_micro_batching's: requests must wait together
+    slots = anyio.CapacityLimiter(max(workers, batcher.max_batch) if batcher else workers)
 
     @app.exception_handler(RequestError)
     async def _request_error(_: Request, err: RequestError) -> JSONResponse:
@@ -130,7 +133,7 @@ def create_app(
 
         def handle() -> tuple[str, str]:
             batch = decode_request(body, content_type, limits=limits, expected_quantity=expected)
-            return output_fn(predict_fn(batch, predictor), accept)
+            return output_fn(predict_batch(batch, predictor, decode_gate=decode_gate), accept)
 
         payload, kind = await anyio.to_thread.run_sync(handle, limiter=slots)
         return Response(payload, media_type=kind)

@@ -28,6 +28,7 @@ import json
 import os
 import re
 import warnings
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -389,10 +390,14 @@ def encode_response(prediction: Prediction, accept: str | None) -> tuple[str, st
 
 
 # -- prediction ----------------------------------------------------------------------------------------
-def predict_batch(batch: Batch, model: CountPredictor, batch_size: int = MAX_BATCH) -> Prediction:
+def predict_batch(
+    batch: Batch, model: CountPredictor, batch_size: int = MAX_BATCH, decode_gate: AbstractContextManager | None = None
+) -> Prediction:
     """Decode, resize and count ``batch_size`` images at a time: peak memory is one full-size image
     plus one batch of model-sized tensors, whatever the request holds. In a JSON-lines batch a
-    record that fails gets its error object in its place; otherwise the first failure is raised."""
+    record that fails gets its error object in its place; otherwise the first failure is raised.
+    ``decode_gate`` (a semaphore shared by request threads) is held while decoding, not during the
+    forward pass: a micro-batched server keeps many requests waiting for one forward, few decoding."""
     records = batch.records
 
     def fail(i: int, err: RequestError) -> None:
@@ -410,14 +415,15 @@ def predict_batch(batch: Batch, model: CountPredictor, batch_size: int = MAX_BAT
     todo = [i for i, r in enumerate(records) if r.error is None]
     for start in range(0, len(todo), batch_size):
         tensors, rows = [], []
-        for i in todo[start:start + batch_size]:
-            try:  # the full-size image lives only until it is resized: one at a time
-                tensors.append(model.transform(decode_image(records[i].data)))
-            except RequestError as err:
-                fail(i, err)
-                continue
-            records[i].data = None  # the bytes are no longer needed
-            rows.append(i)
+        with decode_gate or nullcontext():
+            for i in todo[start:start + batch_size]:
+                try:  # the full-size image lives only until it is resized: one at a time
+                    tensors.append(model.transform(decode_image(records[i].data)))
+                except RequestError as err:
+                    fail(i, err)
+                    continue
+                records[i].data = None  # the bytes are no longer needed
+                rows.append(i)
         if rows:
             probs = model.probabilities(torch.stack(tensors))
             ids = [records[i].id for i in rows]
