@@ -314,3 +314,73 @@ def test_counts_are_decided_before_calibration_even_from_calibrated_probabilitie
     assert not torch.equal(predict_counts(calibrated, "expected"), raw_counts)  # the trap is real
     assert torch.equal(predictor.decide(calibrated), raw_counts)
     assert [r["count"] for r in predictor.results(calibrated)] == raw_counts.tolist()
+
+
+# -- count cuts: where the expected rule's sum k * p_k turns into each count ---------------------------
+def shrunk_expected_counts(n: int = 900, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Expected counts squeezed towards the middle, as a hedging model's are: 5 rarely reaches 4.5."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 6, (n,), generator=g)
+    return (1.0 + 0.6 * y.double() + 0.5 * torch.randn(n, generator=g, dtype=torch.float64)).clamp(0, 5), y
+
+
+def test_fitted_cuts_beat_rounding_on_a_hedging_model_without_losing_rmse():
+    from src.inference.calibration import fit_count_cuts
+
+    mean, y = shrunk_expected_counts()
+    cuts = fit_count_cuts(mean, y, 6)
+    assert len(cuts) == 5 and cuts == sorted(cuts) and cuts[-1] < 4.5  # count 5 starts below 4.5
+    rounded = mean.round().long()
+    fitted = (mean[:, None] > torch.tensor(cuts, dtype=torch.float64)).sum(1)
+    rmse = lambda p: float(((p - y).double() ** 2).mean().sqrt())  # noqa: E731
+    assert (fitted == y).double().mean() > (rounded == y).double().mean() + 0.10
+    assert rmse(fitted) <= rmse(rounded)
+    # held-out data from the same model: the gain is not an artefact of fitting
+    mean2, y2 = shrunk_expected_counts(seed=1)
+    held = (mean2[:, None] > torch.tensor(cuts, dtype=torch.float64)).sum(1)
+    assert (held == y2).double().mean() > (mean2.round().long() == y2).double().mean() + 0.05
+
+
+def test_a_calibrated_model_keeps_cuts_near_rounding():
+    from src.inference.calibration import fit_count_cuts
+
+    g = torch.Generator().manual_seed(2)
+    y = torch.randint(0, 6, (1200,), generator=g)
+    mean = (y.double() + 0.25 * torch.randn(1200, generator=g, dtype=torch.float64)).clamp(0, 5)
+    assert fit_count_cuts(mean, y, 6) == pytest.approx([0.5, 1.5, 2.5, 3.5, 4.5], abs=0.2)
+
+
+def test_cuts_decide_counts_everywhere_the_artifact_is_served(tmp_path, images):
+    from src.models.counting import predict_counts
+
+    net = net_with(6, seed=4)
+    plain = CountPredictor.from_model_dir(export_artifact(net, SIZE, "expected", tmp_path / "plain", tarball=False))
+    cuts = [0.1, 0.2, 0.3, 0.4, 0.5]  # anything above 0.5 expected is a 5
+    model_dir = export_artifact(net, SIZE, "expected", tmp_path / "cuts", tarball=False, answers={"count_cuts": cuts})
+    cut = CountPredictor.from_model_dir(model_dir)
+    with torch.no_grad():
+        probs = net(cut.preprocess(images)).softmax(-1)
+    mean = (probs * torch.arange(6)).sum(-1)
+    assert [r["count"] for r in cut.predict(images)] == (mean[:, None] > torch.tensor(cuts)).sum(1).tolist()
+    assert [r["count"] for r in plain.predict(images)] == predict_counts(probs, "expected").tolist()
+    assert [r["count"] for r in plain.predict(images)] != [r["count"] for r in cut.predict(images)]
+    with pytest.raises(ValueError, match="count_cuts go with decision_rule 'expected'"):
+        export_artifact(net, SIZE, "argmax", tmp_path / "a", tarball=False, answers={"count_cuts": cuts})
+    with pytest.raises(ValueError, match="5 ascending numbers"):
+        export_artifact(net, SIZE, "expected", tmp_path / "b", tarball=False, answers={"count_cuts": [3, 2, 1, 4, 5]})
+
+
+def test_fitted_cuts_reach_the_artifact_and_decide_the_test(tiny_cfg, synthetic_dir, tmp_path):
+    """answers.count_cuts=true: fitted on val, stored with their val scores, and train.py's test
+    scores exactly what the exported model answers (evaluate.py on the same split)."""
+    from src.training.pipeline import train
+
+    cfg = tiny_cfg("model.decision_rule=expected", "answers.count_cuts=true", "answers.target_accuracy=0.5")
+    metrics, _ = train(cfg)
+    config = read_config(metrics["artifact_dir"])
+    assert len(config["count_cuts"]) == 5 and config["count_cuts"] == sorted(config["count_cuts"])
+    val = config["calibration"]["count_cuts_val"]
+    assert val["cuts"]["acc"] >= val["rounding"]["acc"] and val["cuts"]["rmse"] <= val["rounding"]["rmse"] + 1e-9
+    m = evaluate(Path(synthetic_dir) / "test", tmp_path / "eval", model_dir=metrics["artifact_dir"], batch_size=16,
+                 print_table=False)
+    assert m["acc"] == pytest.approx(float(metrics["test/acc"]), abs=1e-6)

@@ -5,7 +5,8 @@ Layout (the SageMaker PyTorch model layout)::
     <model_dir>/model.pt            CountNet state_dict (tensors only: loads with weights_only=True)
     <model_dir>/model_config.json   network, image size, decision rule, classes, preprocessing, and
                                 the answer settings (ANSWER_KEYS: max_count, overflow, temperature,
-                                review_threshold, match/mismatch_threshold; absent in older artifacts)
+                                review_threshold, match/mismatch_threshold, count_cuts; absent in older
+                                artifacts)
     <model_dir>/model.onnx          optional, for the ONNX Runtime backend
     <model_dir>/model_int8.onnx     optional, its int8 copy (backend onnx-int8), described under "int8"
     <model_dir>/code/inference.py   SageMaker handler (model_fn, input_fn, predict_fn, output_fn)
@@ -50,7 +51,9 @@ REQUIREMENTS = "# torch, torchvision (>= 0.19) and pillow come with the SageMake
 # How answers are made and routed (src.inference.calibration). ``overflow``: the last class means
 # "more than max_count"; ``temperature`` divides the logits; answers below ``review_threshold``
 # are flagged for review; ``match_threshold``/``mismatch_threshold`` turn p_expected into a verdict.
-ANSWER_KEYS = ("max_count", "overflow", "temperature", "review_threshold", "match_threshold", "mismatch_threshold")
+ANSWER_KEYS = (
+    "max_count", "overflow", "temperature", "review_threshold", "match_threshold", "mismatch_threshold", "count_cuts",
+)
 # Provenance of the fitted values (validation split, target accuracy, ECE): informative only.
 CALIBRATION_KEY = "calibration"
 
@@ -103,6 +106,14 @@ def check_answers(config: dict[str, Any], where: str = CONFIG_FILE) -> None:
         raise ValueError(f"{where}: give both match_threshold and mismatch_threshold, or neither")
     if "match_threshold" in config and config["mismatch_threshold"] > config["match_threshold"]:
         raise ValueError(f"{where}: mismatch_threshold must not exceed match_threshold")
+    cuts = config.get("count_cuts")
+    if cuts is not None:
+        if config.get("decision_rule") != "expected":
+            raise ValueError(f"{where}: count_cuts go with decision_rule 'expected', not {config.get('decision_rule')!r}")
+        ok = isinstance(cuts, list) and all(isinstance(c, (int, float)) for c in cuts)
+        if not ok or len(cuts) != max_count or cuts != sorted(cuts):
+            raise ValueError(f"{where}: count_cuts must be {max_count} ascending numbers (one per count "
+                             f"1..{max_count}), got {cuts!r}")
 
 
 def export_artifact(

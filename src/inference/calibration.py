@@ -8,6 +8,8 @@ threshold and the expected-quantity verdict. Plain torch; fitted on validation l
   (confidence >= threshold) reach a target accuracy; answers below it go to a person.
 - Verdict: ``p_expected`` = P(bin holds the expected quantity). ``match`` when it is at least
   ``match_threshold``, ``mismatch`` when at most ``mismatch_threshold``, ``review`` in between.
+- Count cuts: where the ``expected`` rule's sum k * p_k turns into count k, instead of k - 0.5
+  (a model that hedges between 4 and 5 never reaches 4.5, so rounding starves the highest count).
 """
 
 from __future__ import annotations
@@ -174,3 +176,57 @@ def reconciliation_pairs(
         ps.append(probs.gather(1, wrong[:, None])[:, 0])
         truth.append(torch.zeros(len(targets), dtype=torch.bool))
     return torch.cat(ps), torch.cat(truth)
+
+
+def fit_count_cuts(mean: torch.Tensor, targets: torch.Tensor, num_counts: int, max_rmse: float | None = None,
+                   weights: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 20.0)) -> list[float]:
+    """Ascending cuts (one per count 1..num_counts-1) on the expected count ``mean``: the most
+    accurate monotone rule on (mean, targets) whose RMSE is at most ``max_rmse`` (default: that of
+    rounding). Exact for each trade-off weight w of loss = error + w * squared error (dynamic
+    programming over the sorted means); the smallest w meeting the RMSE bound wins."""
+    mean, targets = mean.double(), targets.long()
+    if max_rmse is None:
+        max_rmse = _rmse(mean.round().clamp(0, num_counts - 1).long(), targets)
+    for w in weights:
+        cuts = _best_cuts(mean, targets, num_counts, w)
+        if _rmse((mean[:, None] > torch.tensor(cuts, dtype=mean.dtype)).sum(1), targets) <= max_rmse + 1e-12:
+            return cuts
+    return [k - 0.5 for k in range(1, num_counts)]  # no weight met the bound: plain rounding
+
+
+def _rmse(pred: torch.Tensor, targets: torch.Tensor) -> float:
+    return float(((pred - targets).double() ** 2).mean().sqrt())
+
+
+def _best_cuts(mean: torch.Tensor, targets: torch.Tensor, num_counts: int, weight: float) -> list[float]:
+    """Monotone labelling of the sorted means minimising sum(1[k != y] + weight * (k - y)^2), as cuts."""
+    order = mean.argsort(stable=True)
+    values, ys = mean[order], targets[order]
+    ks = torch.arange(num_counts, dtype=torch.float64)
+    loss = (ks[None, :] != ys[:, None]).double() + weight * (ks[None, :] - ys[:, None]) ** 2  # (N, K)
+    n = len(values)
+    best = torch.zeros(num_counts, dtype=torch.float64)  # best[k]: examples so far, the last labelled k
+    choice = torch.zeros(n, num_counts, dtype=torch.long)  # label of the previous example on that path
+    for i in range(n):
+        prefix, arg = best.clone(), torch.zeros(num_counts, dtype=torch.long)
+        for k in range(1, num_counts):  # running minimum over labels <= k
+            if prefix[k - 1] <= prefix[k]:
+                prefix[k], arg[k] = prefix[k - 1], arg[k - 1]
+            else:
+                arg[k] = k
+        if i > 0 and values[i] == values[i - 1]:  # equal means cannot be split: same label as before
+            prefix, arg = best.clone(), ks.long()
+        best, choice[i] = prefix + loss[i], arg
+    labels = torch.empty(n, dtype=torch.long)
+    k = int(best.argmin())
+    for i in range(n - 1, -1, -1):
+        labels[i] = k
+        k = int(choice[i, k])
+    cuts = []
+    for k in range(1, num_counts):
+        below, above = values[labels < k], values[labels >= k]
+        if len(below) and len(above):
+            cuts.append(float((below.max() + above.min()) / 2))
+        else:  # one side empty: a cut no mean can pass (count k never answered) or every mean passes
+            cuts.append(num_counts - 0.5 if len(below) else -0.5)
+    return [max(cuts[: i + 1]) for i in range(len(cuts))]  # ascending

@@ -2,7 +2,8 @@
 
 Every serving path (the SageMaker handler, the HTTP app, predict.py) and evaluation use it, so all
 preprocess with ``src.data.transforms.eval_transform``, decide counts with ``src.models.counting``
-and apply the artifact's temperature, review threshold and verdict rule (``src.inference.calibration``).
+and apply the artifact's temperature, count cuts, review threshold and verdict rule
+(``src.inference.calibration``).
 
 One result per image (docs/warehouse.md)::
 
@@ -52,6 +53,7 @@ class CountPredictor:
         self.max_count = int(config.get("max_count", len(config["classes"]) - 1 - self.overflow))
         self.temperature = config.get("temperature")
         self.review_threshold = config.get("review_threshold")
+        self.count_cuts = config.get("count_cuts")
         thresholds = (config.get("match_threshold"), config.get("mismatch_threshold"))
         self.verdict_rule = VerdictRule(*thresholds) if None not in thresholds else None
         self.transform = eval_transform(self.image_size)
@@ -102,7 +104,7 @@ class CountPredictor:
         changes a count (it would move the ``expected`` rule's sum k * p_k)."""
         if self.temperature:
             probs = (self.temperature * probs.double().clamp_min(1e-300).log()).softmax(-1)
-        return predict_counts(probs, self.decision_rule, self.overflow)
+        return predict_counts(probs, self.decision_rule, self.overflow, self.count_cuts)
 
     def label(self, index: int) -> str:
         return f">{self.max_count}" if self.overflow and index > self.max_count else str(index)

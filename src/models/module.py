@@ -52,6 +52,7 @@ class BinCounter(pl.LightningModule):
         self.metrics = nn.ModuleDict({f"{s}_metrics": CountMetrics(net.head[-1].out_features) for s in STAGES})
         self.val_acc_best = MaxMetric(sync_on_compute=False)  # fed already-synced values
         self.test_outputs: dict[str, float] = {}
+        self.count_cuts: list[float] | None = None  # the exported model's, once fitted (ArtifactExport)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -97,7 +98,7 @@ class BinCounter(pl.LightningModule):
                 f"model.optimizer.lr (now {lr}), clip gradients (trainer.gradient_clip_val=1.0), or drop "
                 "a tiny last training batch (data.drop_last=true)"
             )
-        preds = predict_counts(logits.softmax(-1), self.hparams.decision_rule)
+        preds = predict_counts(logits.softmax(-1), self.hparams.decision_rule, cuts=self.count_cuts)
         self.losses[f"{stage}_loss"].update(loss.detach(), weight=len(y))
         self.metrics[f"{stage}_metrics"].update(preds, y)
         return loss

@@ -1,5 +1,6 @@
-"""After training: fit the temperature, the review threshold and the verdict thresholds on the
-validation split, for the artifact (``answers`` in configs/train.yaml; docs/warehouse.md)."""
+"""After training: fit the temperature, the count cuts, the review threshold and the verdict
+thresholds on the validation split, for the artifact (``answers`` in configs/train.yaml;
+docs/warehouse.md)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from typing import Any
 import torch
 
 from src.inference.artifact import model_config
-from src.inference.calibration import ece, fit_temperature, fit_verdict_thresholds, review_threshold
+from src.inference.calibration import ece, fit_count_cuts, fit_temperature, fit_verdict_thresholds, review_threshold
 from src.inference.predictor import CountPredictor
-from src.models.counting import predict_counts
+from src.models.counting import expected_count, predict_counts
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +26,16 @@ def fit_answer_settings(
     target_accuracy: float,
     verdict_precision: float,
     calibrate: bool = True,
+    count_cuts: bool = False,
 ) -> dict[str, Any]:
-    """The ANSWER_KEYS values (plus ``calibration`` provenance) fitted on validation logits."""
+    """The ANSWER_KEYS values (plus ``calibration`` provenance) fitted on validation logits.
+    ``count_cuts`` (``expected`` rule only): fit where each count starts (``fit_count_cuts``)."""
     temperature = fit_temperature(logits, targets) if calibrate else 1.0
-    counts = predict_counts(logits.softmax(-1), decision_rule, overflow)
     before = logits.softmax(-1)
+    cuts, provenance = None, {}
+    if count_cuts and decision_rule == "expected":
+        cuts, provenance = _fit_cuts(before, targets, overflow)
+    counts = predict_counts(before, decision_rule, overflow, cuts)
     after = (logits / temperature).softmax(-1)
     correct = counts == targets
     conf_before = before.gather(1, counts[:, None])[:, 0]
@@ -39,6 +45,7 @@ def fit_answer_settings(
     verdict = fit_verdict_thresholds(after, targets, verdict_precision)
     return {
         "temperature": temperature,
+        **({"count_cuts": cuts} if cuts is not None else {}),
         "review_threshold": threshold,
         **verdict,
         "calibration": {
@@ -51,8 +58,27 @@ def fit_answer_settings(
             "accepted_accuracy": float(correct[accepted].double().mean()) if accepted.any() else None,
             "verdict_precision": verdict_precision,
             "verdict_offsets": [1, 2],
+            **provenance,
         },
     }
+
+
+def _fit_cuts(probs: torch.Tensor, targets: torch.Tensor, overflow: bool) -> tuple[list[float], dict[str, Any]]:
+    """Cuts fitted on the images counted in range (not answered or labelled overflow), and their
+    validation accuracy/RMSE beside plain rounding's."""
+    num_counts = probs.shape[-1] - overflow
+    keep = targets < num_counts
+    if overflow:
+        keep &= probs[:, -1] <= 0.5
+    mean, y = expected_count(probs[keep], overflow), targets[keep]
+    cuts = fit_count_cuts(mean, y, num_counts)
+    rounded = predict_counts(probs[keep], "expected", overflow)
+    fitted = predict_counts(probs[keep], "expected", overflow, cuts)
+
+    def score(pred: torch.Tensor) -> dict[str, float]:
+        return {"acc": float((pred == y).double().mean()), "rmse": float(((pred - y).double() ** 2).mean().sqrt())}
+
+    return cuts, {"count_cuts_val": {"n": int(keep.sum()), "rounding": score(rounded), "cuts": score(fitted)}}
 
 
 def fit_on_folder(
@@ -66,6 +92,7 @@ def fit_on_folder(
     verdict_precision: float = 0.9,
     calibrate: bool = True,
     batch_size: int = 64,
+    count_cuts: bool = False,
 ) -> dict[str, Any]:
     """Predict the validation folder with the trained ``net`` (the serving preprocessing), then fit."""
     from src.inference.folder import predict_folder  # the one labelled-folder reader (evaluation uses it too)
@@ -75,7 +102,7 @@ def fit_on_folder(
     predictor = CountPredictor(net, config, "torch", channels_last=False)
     pred = predict_folder(predictor, val_dir, num_classes, batch_size)
     fitted = fit_answer_settings(
-        pred.logits, pred.targets, decision_rule, overflow, target_accuracy, verdict_precision, calibrate
+        pred.logits, pred.targets, decision_rule, overflow, target_accuracy, verdict_precision, calibrate, count_cuts
     )
     cal = fitted["calibration"]
     log.info(
@@ -85,4 +112,9 @@ def fit_on_folder(
         100 * cal["accepted_share"], 100 * (cal["accepted_accuracy"] or 0.0),
         fitted["match_threshold"], fitted["mismatch_threshold"],
     )  # fmt: skip
+    if "count_cuts_val" in cal:
+        c = cal["count_cuts_val"]
+        log.info("Count cuts %s: val accuracy %.1f %% -> %.1f %%, RMSE %.3f -> %.3f (rounding -> cuts, %d images)",
+                 [round(x, 3) for x in fitted["count_cuts"]], 100 * c["rounding"]["acc"], 100 * c["cuts"]["acc"],
+                 c["rounding"]["rmse"], c["cuts"]["rmse"], c["n"])
     return {**(answers or {}), **fitted}

@@ -21,8 +21,9 @@ class ArtifactExport(pl.Callback):
     checkpoint's weights, or from the final weights when no checkpoint was kept. Rank 0 only.
 
     ``answers`` (train.yaml's ``answers``): with ``fit``, the temperature, review threshold and
-    verdict thresholds are fitted on ``val_dir`` with those weights and stored in the artifact;
-    ``overflow`` records the "more than max_count" class.
+    verdict thresholds (and with ``count_cuts`` where each count starts) are fitted on ``val_dir``
+    with those weights and stored in the artifact; fitted count cuts also decide the test that
+    follows. ``overflow`` records the "more than max_count" class.
     """
 
     def __init__(
@@ -56,11 +57,19 @@ class ArtifactExport(pl.Callback):
             target_accuracy=self.answers.get("target_accuracy", 0.9),
             verdict_precision=self.answers.get("verdict_precision", 0.9),
             calibrate=self.answers.get("calibrate", True), batch_size=self.batch_size,
+            count_cuts=self.answers.get("count_cuts", False),
         )
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.artifact_dir or not trainer.is_global_zero:
+        if not self.artifact_dir:
             return
+        cuts = self.export(trainer, pl_module) if trainer.is_global_zero else None
+        cuts = trainer.strategy.broadcast(cuts, src=0)
+        if cuts is not None:  # the test that follows answers as the exported model does, on every rank
+            pl_module.count_cuts = cuts
+
+    def export(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[float] | None:
+        """Write the artifact; returns its fitted count cuts, if any."""
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         net = pl_module.net
         if best:  # the best epoch, not the last; a copy, so the module's own weights stay as they are
@@ -69,6 +78,7 @@ class ArtifactExport(pl.Callback):
         answers = self.fit_answers(net, rule)  # in the artifact only: every rank's metrics stay equal
         self.path = export_artifact(net, self.image_size, rule, self.artifact_dir, onnx=self.onnx, answers=answers)
         log.info("Model artifact written to %s (%s weights)", self.path, "best" if best else "final")
+        return (answers or {}).get("count_cuts")
 
     def summary(self) -> dict[str, Any]:
         return {"artifact_dir": str(self.path)} if self.path else {}
