@@ -6,9 +6,15 @@
 
 Runs live in ``logs/train/runs/abid_<row>_s<seed>/`` (metrics.json, checkpoints). Free ablations
 reuse the main recipe's best checkpoint: argmax vs rounded expected count, with and without
-horizontal-flip test-time augmentation; the same on the main recipe's seeds as one ensemble. Test
-probabilities are cached per checkpoint in each run's ``test_probs.pt``. Writes
-``bench_out/abid_results.{json,md}`` (or the folder in ``BENCH_OUT``).
+horizontal-flip test-time augmentation; the same on the main recipe's seeds as one ensemble. Rows in
+``CUT_ROWS`` also get a "+ val-fitted count cuts" row: the same checkpoints, the count decided by
+cuts fitted on the validation split (``answers.count_cuts=true`` does exactly this after training).
+Val and test probabilities are cached per checkpoint in each run's ``{val,test}_probs.pt``.
+
+Rows and seeds whose runs are not on this machine keep the numbers recorded in
+``benchmarks/results/abid_results.json`` (marked "recorded earlier"): same seed gives the same
+numbers on one machine, not across CPUs (docs/results.md), so a rerun here replaces them.
+Writes ``bench_out/abid_results.{json,md}`` (or the folder in ``BENCH_OUT``).
 """
 
 from __future__ import annotations
@@ -35,7 +41,9 @@ from src.models.metrics import metrics_from_confusion  # noqa: E402
 
 DATA = ROOT / "data" / "abid_sample"
 RUNS = ROOT / "logs" / "train" / "runs"
+RECORDED = ROOT / "benchmarks" / "results" / "abid_results.json"
 K = 6
+CUT_ROWS = ("main", "ema")
 
 # key -> (label, train.py overrides). "main" is the recipe; the rest justify it.
 ROWS: dict[str, tuple[str, list[str]]] = {
@@ -106,15 +114,15 @@ def _state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def _test_probabilities(run: Path, ckpt: Path) -> dict[str, torch.Tensor]:
-    """One pass over the test split with a run's checkpoint: softmax of each image and of its mirror."""
+def _test_probabilities(run: Path, ckpt: Path, split: str = "test") -> dict[str, torch.Tensor]:
+    """One pass over a split with a run's checkpoint: softmax of each image and of its mirror."""
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
     net = CountNet(name=cfg.model.net.name, weights=None, num_classes=K, dropout=cfg.model.net.dropout)
     net.load_state_dict(_state_dict(ckpt))
     net.eval()
-    data = CountFolder(DATA / "test", K, eval_transform(cfg.data.image_size))
+    data = CountFolder(DATA / split, K, eval_transform(cfg.data.image_size))
     loader = torch.utils.data.DataLoader(data, batch_size=64, num_workers=2)
     probs, probs_flip, true = [], [], []
     for x, y in loader:
@@ -124,16 +132,27 @@ def _test_probabilities(run: Path, ckpt: Path) -> dict[str, torch.Tensor]:
     return {"probs": torch.cat(probs), "probs_flip": torch.cat(probs_flip), "true": torch.cat(true)}
 
 
-def test_probabilities(run: Path, ckpt: Path) -> dict[str, torch.Tensor]:
-    """_test_probabilities, cached in the run folder (one test pass per checkpoint)."""
-    cache = run / "test_probs.pt"
+def test_probabilities(run: Path, ckpt: Path, split: str = "test") -> dict[str, torch.Tensor]:
+    """_test_probabilities, cached in the run folder (one pass per checkpoint and split)."""
+    cache = run / f"{split}_probs.pt"
     if cache.is_file():
         cached = torch.load(cache, map_location="cpu", weights_only=True)
         if cached.get("ckpt") == str(ckpt):
             return cached
-    out = {"ckpt": str(ckpt), **_test_probabilities(run, ckpt)}
+    out = {"ckpt": str(ckpt), **_test_probabilities(run, ckpt, split)}
     torch.save(out, cache)
     return out
+
+
+def with_cuts(run: Path, ckpt: Path) -> dict:
+    """Test metrics when the count comes from cuts fitted on the validation split (no TTA)."""
+    from src.inference.calibration import fit_count_cuts
+    from src.models.counting import expected_count
+
+    val, test = test_probabilities(run, ckpt, "val"), test_probabilities(run, ckpt)
+    cuts = fit_count_cuts(expected_count(val["probs"].double()), val["true"], K)
+    pred = predict_counts(test["probs"].double(), "expected", cuts=cuts)
+    return {"metrics": metrics_from_confusion(confusion(test["true"], pred)), "cuts": [round(c, 4) for c in cuts]}
 
 
 def rule_and_tta(probs: torch.Tensor, probs_flip: torch.Tensor, true: torch.Tensor) -> dict[str, dict]:
@@ -177,42 +196,84 @@ def summarise(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
 
 
-def collect(seeds: list[int]) -> dict:
+def local_run(key: str, seed: int) -> dict | None:
+    """A run of this machine: its test metrics, best checkpoint and wall time (or None)."""
+    f = run_dir(key, seed) / "metrics.json"
+    if not f.is_file():
+        return unfinished(run_dir(key, seed))
+    m = json.loads(f.read_text())
+    wall = run_dir(key, seed) / "wall_seconds.txt"
+    return {
+        "metrics": {k.removeprefix("test/"): v for k, v in m.items() if k.startswith("test/")},
+        "val_acc_best": m.get("val/acc_best"),
+        "best_ckpt": m.get("best_ckpt"),
+        "wall_s": float(wall.read_text()) if wall.is_file() else None,
+    }
+
+
+def finish_row(row: dict) -> dict:
+    runs = row["seeds"]
+    row["metrics"] = runs[min(runs)]["metrics"]  # the first seed's numbers
+    row.pop("over_seeds", None)
+    if len(runs) > 1:
+        row["over_seeds"] = {m: summarise([r["metrics"][m] for r in runs.values()]) for m in ("acc", "rmse")}
+        row["mean_class"] = {m: [statistics.fmean(r["metrics"][f"{m}_class_{k}"] for r in runs.values()) for k in range(K)]
+                             for m in ("acc", "rmse")}  # fmt: skip
+    walls = [r["wall_s"] for r in runs.values() if r.get("wall_s")]
+    if walls:
+        row["minutes"] = round(statistics.fmean(walls) / 60, 1)
+    return row
+
+
+def collect(seeds: list[int], recorded: Path = RECORDED) -> dict:
+    earlier = json.loads(recorded.read_text()) if recorded.is_file() else {"rows": {}}
     results: dict = {"test_counts": split_counts("test"), "train_counts": split_counts("train"), "rows": {}}
     results["rows"].update(constant_rows())
     for key, (label, _) in ROWS.items():
-        runs = {}
+        old = earlier["rows"].get(key, {})
+        runs, moved = {}, {}
         for seed in seeds:
-            f = run_dir(key, seed) / "metrics.json"
-            if f.is_file():
-                m = json.loads(f.read_text())
-                wall = run_dir(key, seed) / "wall_seconds.txt"
-                runs[seed] = {
-                    "metrics": {k.removeprefix("test/"): v for k, v in m.items() if k.startswith("test/")},
-                    "val_acc_best": m.get("val/acc_best"),
-                    "best_ckpt": m.get("best_ckpt"),
-                    "wall_s": float(wall.read_text()) if wall.is_file() else None,
-                }
-            elif (partial := unfinished(run_dir(key, seed))) is not None:
-                runs[seed] = partial
+            here = local_run(key, seed)
+            was = old.get("seeds", {}).get(str(seed))
+            if here is not None:
+                runs[seed] = here
+                if was and not was.get("recorded_earlier"):
+                    moved[seed] = was["metrics"]  # the same seed measured on another machine
+            elif was is not None:
+                runs[seed] = {**was, "recorded_earlier": True}
         if not runs:
             continue
         first = runs[min(runs)]
         if "stopped_after_epoch" in first:
             label += f" (stopped for time; best checkpoint, epoch {first['stopped_after_epoch']})"
         row = {"label": label, "command": command(key, seeds[0]), "seeds": runs}
-        row["metrics"] = runs[min(runs)]["metrics"]  # the first seed's numbers
-        if len(runs) > 1:
-            row["over_seeds"] = {m: summarise([r["metrics"][m] for r in runs.values()]) for m in ("acc", "rmse")}
-        results["rows"][key] = row
+        if moved or old.get("other_machine"):
+            row["other_machine"] = {**old.get("other_machine", {}), **{str(s): m for s, m in moved.items()}}
+        results["rows"][key] = finish_row(row)
+        if key in CUT_ROWS and all(r.get("best_ckpt") and not r.get("recorded_earlier") for r in runs.values()):
+            cut_runs = {s: {**with_cuts(run_dir(key, s), Path(r["best_ckpt"])), "wall_s": r.get("wall_s")}
+                        for s, r in runs.items()}
+            results["rows"][f"{key}_cuts"] = finish_row({
+                "label": f"{label} + val-fitted count cuts (same checkpoints)",
+                "command": command(key, seeds[0]).replace(" seed=", " answers.count_cuts=true seed="), "seeds": cut_runs})
+        elif f"{key}_cuts" in earlier["rows"]:
+            results["rows"][f"{key}_cuts"] = earlier["rows"][f"{key}_cuts"]
     main = results["rows"].get("main")
-    if main:
+    if main and not any(r.get("recorded_earlier") for r in main["seeds"].values()):
         seed = min(main["seeds"])
         run, ckpt = run_dir("main", seed), Path(main["seeds"][seed]["best_ckpt"])
         results["free_ablations"] = {"run": str(run), "ckpt": str(ckpt), "rows": free_ablations(run, ckpt)}
         if len(main["seeds"]) > 1:
             ckpts = {run_dir("main", s): Path(r["best_ckpt"]) for s, r in main["seeds"].items()}
             results["seed_ensemble"] = {"seeds": sorted(main["seeds"]), "rows": seed_ensemble(ckpts)}
+    else:
+        for key in ("free_ablations", "seed_ensemble"):
+            if key in earlier:
+                results[key] = {**earlier[key], "recorded_earlier": True}
+    ema = results["rows"].get("ema")
+    if ema and len(ema["seeds"]) > 1 and not any(r.get("recorded_earlier") for r in ema["seeds"].values()):
+        ckpts = {run_dir("ema", s): Path(r["best_ckpt"]) for s, r in ema["seeds"].items()}
+        results["ema_ensemble"] = {"seeds": sorted(ema["seeds"]), "rows": seed_ensemble(ckpts)}
     return results
 
 
@@ -220,37 +281,63 @@ def fmt(m: dict) -> str:
     return f"{100 * m['acc']:.1f} % | {m['rmse']:.3f}"
 
 
+def fmt_row(row: dict) -> str:
+    """acc | RMSE: mean ± sd over seeds when there are several, else the one seed's numbers."""
+    if "over_seeds" not in row:
+        return fmt(row["metrics"])
+    a, r = row["over_seeds"]["acc"], row["over_seeds"]["rmse"]
+    return f"{100 * a['mean']:.1f} ± {100 * a['std']:.1f} % | {r['mean']:.3f} ± {r['std']:.3f}"
+
+
+def seeds_cell(row: dict) -> str:
+    seeds = row.get("seeds", {})
+    if not seeds:
+        return "-"
+    return ", ".join(f"{s}{'*' if r.get('recorded_earlier') else ''}" for s, r in sorted(seeds.items(), key=lambda x: int(x[0])))
+
+
+def class_table(results: dict, keys: tuple[str, ...]) -> list[str]:
+    """Per-count accuracy and RMSE on the test split, mean over each row's seeds."""
+    lines = ["| count | " + " | ".join(str(k) for k in range(K)) + " |", "|---" * (K + 1) + "|",
+             "| test images | " + " | ".join(str(n) for n in results["test_counts"]) + " |"]
+    for key in keys:
+        row = results["rows"].get(key)
+        if not row:
+            continue
+        per = row.get("mean_class") or {m: [row["metrics"][f"{m}_class_{k}"] for k in range(K)] for m in ("acc", "rmse")}
+        lines.append(f"| {key}: accuracy | " + " | ".join(f"{100 * v:.1f} %" for v in per["acc"]) + " |")
+        lines.append(f"| {key}: RMSE | " + " | ".join(f"{v:.3f}" for v in per["rmse"]) + " |")
+    return lines
+
+
 def markdown(results: dict) -> str:
-    lines = ["| row | test acc | test RMSE | command |", "|---|---|---|---|"]
+    lines = ["| row | seeds | test acc | test RMSE | minutes per run | command |", "|---|---|---|---|---|---|"]
     for row in results["rows"].values():
         cmd = f"`{row['command']}`" if "command" in row else "`python benchmarks/abid_results.py`"
-        lines.append(f"| {row['label']} | {fmt(row['metrics'])} | {cmd} |")
+        lines.append(f"| {row['label']} | {seeds_cell(row)} | {fmt_row(row)} | {row.get('minutes', '-')} | {cmd} |")
+    lines += ["", "Several seeds: mean ± sd. \\* recorded earlier on another machine of the same kind "
+              "(benchmarks/results/abid_results.json); minutes: wall time of train.py on 2 CPU cores."]
+    for key, row in results["rows"].items():
+        for seed, m in row.get("other_machine", {}).items():
+            here = row["seeds"].get(int(seed)) or row["seeds"].get(seed)
+            if here:
+                lines.append(f"\n{key}, seed {seed}: {fmt(here['metrics'])} here, {fmt(m)} on the machine of the "
+                             "earlier record (same seed, other CPU kernels)")
     if "free_ablations" in results:
         lines += ["", "Free ablations on the main run's best checkpoint:", "",
                   "| decision rule, test-time augmentation | test acc | test RMSE |", "|---|---|---|"]  # fmt: skip
         for name, m in results["free_ablations"]["rows"].items():
             lines.append(f"| {name} | {fmt(m)} |")
-    if "seed_ensemble" in results:
-        ens = results["seed_ensemble"]
-        lines += ["", f"The main recipe's seeds {ens['seeds']} as one ensemble (mean probabilities; "
-                  f"{len(ens['seeds'])}x the inference cost):", "",
-                  "| decision rule, test-time augmentation | test acc | test RMSE |", "|---|---|---|"]  # fmt: skip
-        for name, m in ens["rows"].items():
-            lines.append(f"| {name} | {fmt(m)} |")
-    for key, row in results["rows"].items():
-        if "over_seeds" in row:
-            a, r = row["over_seeds"]["acc"], row["over_seeds"]["rmse"]
-            lines.append(
-                f"\n{key}: seeds {sorted(row['seeds'])}: acc {100 * a['mean']:.1f} ± {100 * a['std']:.1f} %, "
-                f"RMSE {r['mean']:.3f} ± {r['std']:.3f} (mean ± sd)"
-            )
-    main = results["rows"].get("main")
-    if main:
-        m = main["metrics"]
-        lines += ["", "| count | " + " | ".join(str(k) for k in range(K)) + " |", "|---" * (K + 1) + "|",
-                  "| test images | " + " | ".join(str(n) for n in results["test_counts"]) + " |",
-                  "| accuracy | " + " | ".join(f"{100 * m[f'acc_class_{k}']:.1f} %" for k in range(K)) + " |",
-                  "| RMSE | " + " | ".join(f"{m[f'rmse_class_{k}']:.3f}" for k in range(K)) + " |"]  # fmt: skip
+    for key, what in (("seed_ensemble", "main recipe"), ("ema_ensemble", "EMA recipe")):
+        if key in results:
+            ens = results[key]
+            lines += ["", f"The {what}'s seeds {ens['seeds']} as one ensemble (mean probabilities; "
+                      f"{len(ens['seeds'])}x the inference cost):", "",
+                      "| decision rule, test-time augmentation | test acc | test RMSE |", "|---|---|---|"]  # fmt: skip
+            for name, m in ens["rows"].items():
+                lines.append(f"| {name} | {fmt(m)} |")
+    lines += ["", "Per count, test split (mean over the row's seeds):", ""]
+    lines += class_table(results, ("main", "ema", "ema_cuts"))
     return "\n".join(lines) + "\n"
 
 
