@@ -110,7 +110,7 @@ def test_train_creates_a_multi_instance_torchrun_job(aws):
                                        "LocalPath": "/opt/ml/checkpoints"}
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in req["InputDataConfig"]}
     for split in ("train", "val", "test"):
-        assert channels[split] == f"s3://{BUCKET}/bincount/data/abid/{split}"
+        assert channels[split] == f"s3://{BUCKET}/bincount/data/abid/{split}/"  # "test" would also read test_jsonl/
     assert req["OutputDataConfig"]["S3OutputPath"] == f"s3://{BUCKET}/bincount/output"
     assert {"Key": "project", "Value": "bincount"} in req["Tags"]
 
@@ -187,6 +187,7 @@ def test_prepare_runs_prepare_data_in_a_processing_job(aws, tmp_path):
     args = req["AppSpecification"]["ContainerArguments"]
     assert "source=s3://aft-vbi-pds" in args and "output=/opt/ml/processing/output" in args
     assert "ids=/opt/ml/processing/input/ids/ids.txt" in args and "max_count=5" in args
+    assert "shard=auto" in args and "transform_shards=true" in args  # test_jsonl/ for the transform
     # the packaged code (with prepare_data.py's entry) landed in S3
     code_uri = inputs["code"]["S3Uri"]
     assert _keys(aws, code_uri.split(f"{BUCKET}/", 1)[1])
@@ -202,7 +203,7 @@ def _model_tar(tmp_path):
     return folder
 
 
-def test_transform_then_report_from_its_outputs(aws, tmp_path):
+def test_transform_then_report_from_its_outputs(aws, tmp_path, capsys):
     # The test split in S3 and what the inference handler wrote for each image.
     truth = {"test/0/a.jpg": 0, "test/1/b.jpg": 1, "test/3/c.jpg": 3, "test/5/d.jpg": 5, "test/2/e.jpg": 2}
     predicted = {"test/0/a.jpg": 0, "test/1/b.jpg": 2, "test/3/c.jpg": 3, "test/5/d.jpg": 4}  # e.jpg: no output
@@ -223,17 +224,64 @@ def test_transform_then_report_from_its_outputs(aws, tmp_path):
     req = only(rec, "CreateTransformJob")
     assert req["ModelName"] == created["ModelName"]
     assert req["TransformInput"]["ContentType"] == "application/x-image"
-    assert req["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"] == f"s3://{BUCKET}/bincount/data/abid/test"
+    assert req["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"] == f"s3://{BUCKET}/bincount/data/abid/test/"
     assert req["TransformOutput"]["S3OutputPath"] == f"s3://{BUCKET}/bincount/transform/run1"
     assert req["TransformResources"] == {"InstanceType": "ml.m5.xlarge", "InstanceCount": 1}
     # The measured request shape (configs/sagemaker/default.yaml, docs/serving_performance.md).
     assert (req["BatchStrategy"], req["MaxConcurrentTransforms"], req["MaxPayloadInMB"]) == ("SingleRecord", 4, 6)
     assert req["TransformInput"]["SplitType"] == "None" and "Environment" not in req
+    assert req["TransformOutput"]["Accept"] == "application/json" and result["shape"] == "images"
+    # no shards in S3: one image per request, and one line naming the fix
+    hint = [line for line in capsys.readouterr().err.splitlines() if line.startswith("transform:")]
+    assert hint == [f"transform: no JSON-lines shards in s3://{BUCKET}/bincount/data/abid/test_jsonl/, so one image "
+                    "per request (~2.8x slower); fix: rerun prepare with transform_shards=true "
+                    "(launch_sagemaker.py action=prepare does)"]
     report = result["report"]
     assert report["metrics"]["n"] == 4
     assert report["metrics"]["acc"] == pytest.approx(0.5)
     assert report["metrics"]["rmse"] == pytest.approx((2 / 4) ** 0.5)
     assert report["missing_outputs"] == ["2/e.jpg"]
+
+
+def test_transform_sends_json_lines_shards_when_prepare_wrote_them(aws, tmp_path, capsys):
+    data = "bincount/data/abid"
+    for key in ("test/0/a.jpg", "test/3/c.jpg", "test_jsonl/part-0-00000.jsonl", "test_jsonl/part-1-00000.jsonl"):
+        aws.put_object(Bucket=BUCKET, Key=f"{data}/{key}", Body=b"stand-in")
+    # What AssembleWith=Line writes for shard 0: one answer per input line; shard 1 has no output.
+    answers = [{"id": "0/a.jpg", "count": 0}, {"id": "3/c.jpg", "count": 2},
+               {"id": "1/b.jpg", "error": "line 2.image: not valid base64", "status": 400},
+               {"id": "6plus/d.jpg", "count": None, "label": ">5"}, {"id": "5/e.jpg", "count": 5}]
+    aws.put_object(Bucket=BUCKET, Key="bincount/transform/run2/part-0-00000.jsonl.out",
+                   Body="".join(json.dumps(a) + "\n" for a in answers).encode())
+    result, rec = launch("transform", f"sagemaker.model_data={_model_tar(tmp_path)}",
+                         f"sagemaker.transform.output=s3://{BUCKET}/bincount/transform/run2")
+    req = only(rec, "CreateTransformJob")
+    source = req["TransformInput"]["DataSource"]["S3DataSource"]
+    assert (source["S3DataType"], source["S3Uri"]) == ("S3Prefix", f"s3://{BUCKET}/{data}/test_jsonl/")
+    assert (req["TransformInput"]["ContentType"], req["TransformInput"]["SplitType"]) == ("application/jsonlines", "Line")
+    assert (req["BatchStrategy"], req["MaxPayloadInMB"], req["MaxConcurrentTransforms"]) == ("MultiRecord", 2, 2)
+    assert req["TransformOutput"]["AssembleWith"] == "Line"
+    assert req["TransformOutput"]["Accept"] == "application/jsonlines"  # answers as lines, not one JSON per request
+    assert result["shape"] == "lines" and "transform:" not in capsys.readouterr().err
+    report = result["report"]
+    assert report["metrics"]["n"] == 3 and report["confusion"][3][2] == 1
+    assert report["skipped"] == ["1/b.jpg", "6plus/d.jpg"]
+    assert report["missing_outputs"] == ["part-1-00000.jsonl"]
+
+
+def test_transform_input_images_or_a_prefix_overrides_auto(aws, tmp_path):
+    aws.put_object(Bucket=BUCKET, Key="bincount/data/abid/test_jsonl/part-0-00000.jsonl", Body=b"{}")
+    aws.put_object(Bucket=BUCKET, Key="other/shards/part-0-00000.jsonl", Body=b"{}")
+    model = f"sagemaker.model_data={_model_tar(tmp_path)}"
+    for choice, uri, ctype in (("images", f"s3://{BUCKET}/bincount/data/abid/test/", "application/x-image"),
+                               (f"s3://{BUCKET}/other/shards", f"s3://{BUCKET}/other/shards/", "application/jsonlines")):
+        _, rec = launch("transform", model, f"sagemaker.transform.input={choice}",
+                        f"sagemaker.transform.output=s3://{BUCKET}/bincount/transform/run3")
+        req = only(rec, "CreateTransformJob")
+        assert req["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"] == uri
+        assert req["TransformInput"]["ContentType"] == ctype
+    with pytest.raises(LaunchConfigError, match="transform.input='shards'"):
+        launch("transform", model, "sagemaker.transform.input=shards")
 
 
 def test_deploy_invoke_delete(aws, tmp_path, moto_url):

@@ -211,6 +211,25 @@ def test_dag_steps_order_and_dependencies(definition):
         "Get": "Parameters.RunTransform"}
 
 
+def test_transform_step_sends_the_json_lines_shards_prepare_wrote(definition):
+    steps = all_steps(definition["Steps"])
+    prepared = {"Get": "Steps.Prepare.ProcessingOutputConfig.Outputs['data'].S3Output.S3Uri"}
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]["Std:Join"]["Values"]
+                for c in steps["Train"]["Arguments"]["InputDataConfig"] if c["ChannelName"] in ("train", "val", "test")}
+    assert channels == {c: [prepared, f"{c}/"] for c in ("train", "val", "test")}  # "test" would add test_jsonl/
+    for b in ("Trained", "Tuned"):
+        args = steps[f"Transform-{b}"]["Arguments"]
+        source = args["TransformInput"]["DataSource"]["S3DataSource"]
+        assert source["S3DataType"] == "S3Prefix" and source["S3Uri"]["Std:Join"]["Values"] == [prepared, "test_jsonl/"]
+        assert (args["TransformInput"]["ContentType"], args["TransformInput"]["SplitType"]) == (
+            "application/jsonlines", "Line")
+        assert (args["BatchStrategy"], args["MaxPayloadInMB"], args["MaxConcurrentTransforms"]) == ("MultiRecord", 2, 2)
+        assert (args["TransformOutput"]["AssembleWith"], args["TransformOutput"]["Accept"]) == (
+            "Line", "application/jsonlines")
+        test_input = {i["InputName"]: i["S3Input"] for i in steps[f"Evaluate-{b}"]["Arguments"]["ProcessingInputs"]}
+        assert test_input["test"]["S3Uri"]["Std:Join"]["Values"] == [prepared, "test/"]
+
+
 def test_parameters_carry_what_changes_between_runs(definition):
     params = {p["Name"]: p for p in definition["Parameters"]}
     assert set(params) == {"InputIds", "PrepareInstanceType", "PrepareInstanceCount", "TrainOrTune",
@@ -310,6 +329,7 @@ def test_container_arguments_compose_into_valid_hydra_configs(definition, tmp_pa
     prepare = compose_cfg("prepare", steps["Prepare"]["Arguments"]["AppSpecification"]["ContainerArguments"])
     assert (prepare.ids, prepare.output, prepare.shard) == ("/opt/ml/processing/input/ids",
                                                             "/opt/ml/processing/output", "auto")
+    assert prepare.transform_shards is True  # the transform step reads test_jsonl/
     args = steps["Evaluate-Trained"]["Arguments"]["AppSpecification"]["ContainerArguments"]
     model = [a for a in args if a.startswith("model=")]
     assert model == ["model=/opt/ml/processing/model"]  # pipeline_evaluate.py's own argument
@@ -483,7 +503,10 @@ def test_each_step_command_runs_in_its_container_layout(definition, tmp_path):
     args = [f"source={abid}" if a.startswith("source=") else a for a in args] + ["plot=false"]
     run_script(code, "prepare_data.py", args, {"BINCOUNT_RESOURCE_CONFIG": str(tree / "absent.json")})
     prepared = tree / "opt/ml/processing/output"
-    assert {p.name for p in prepared.iterdir() if p.is_dir()} == {"train", "val", "test"}
+    assert {p.name for p in prepared.iterdir() if p.is_dir()} == {"train", "val", "test", "test_jsonl"}
+    shard_ids = [json.loads(line)["id"] for p in sorted((prepared / "test_jsonl").iterdir())
+                 for line in p.read_text().splitlines()]
+    assert shard_ids == sorted(p.relative_to(prepared / "test").as_posix() for p in (prepared / "test").rglob("*.jpg"))
 
     # 2. train: the hyperparameters of the Train step, SM_* variables pointing at the channels
     ml = tmp_path / "training/opt/ml"

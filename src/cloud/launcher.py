@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from src.cloud.recorder import RequestRecorder, to_json
 from src.cloud.search_space import load_search_space, sagemaker_ranges
 from src.cloud.settings import LaunchConfigError, S3Layout, check_settings, split_s3
 from src.cloud.staging import ENTRY_SCRIPT, ROOT, stage_source
+from src.data.jsonl_shards import shard_folder
 from src.data.layout import SPLITS
 from src.serving.handler import DEFAULT_ACCEPT_ENV, DEFAULT_MAX_BODY_BYTES
 
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 PROCESSING = "/opt/ml/processing"
 CHECKPOINT_DIR = "/opt/ml/checkpoints"
 CHANNELS = SPLITS  # one training channel per split
+SHAPES = ("lines", "images")  # batch transform request shapes: sagemaker.transform.<shape>
 
 
 class Context:
@@ -117,7 +120,8 @@ def prepare(ctx: Context) -> dict[str, Any]:
         args.append(f"ids={PROCESSING}/input/ids/{uri.rsplit('/', 1)[1]}")
     args += [f"output={PROCESSING}/output", f"max_count={p.max_count}",
              f"resize={'null' if p.resize is None else p.resize}", f"seed={p.seed}", f"workers={p.workers}",
-             "shard=auto"]  # N instances share the copying (src/data/prepare.py)
+             "shard=auto",  # N instances share the copying (src/data/prepare.py)
+             "transform_shards=true"]  # + test_jsonl/: the transform's fastest input
     outputs = [ProcessingOutput(output_name="data", s3_output=ProcessingS3Output(
         s3_uri=ctx.data_uri, local_path=f"{PROCESSING}/output", s3_upload_mode="EndOfJob"))]
 
@@ -175,7 +179,7 @@ def model_trainer(ctx: Context, kind: str, instance_type, instance_count, hyperp
 def _channels(ctx: Context) -> list:
     from sagemaker.train.configs import InputData
 
-    return [InputData(channel_name=c, data_source=f"{ctx.data_uri}/{c}") for c in CHANNELS]
+    return [InputData(channel_name=c, data_source=f"{ctx.data_uri}/{c}/") for c in CHANNELS]  # not test_jsonl
 
 
 def train(ctx: Context) -> dict[str, Any]:
@@ -258,31 +262,65 @@ def _create_model(ctx: Context, name: str, instance_type: str) -> str:
     return ctx.session.create_model(name=name, role=ctx.sm.role, container_defs=container, tags=ctx.tags or None)
 
 
+def shape_args(t: DictConfig, shape: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``Transformer(...)`` and ``.transform(...)`` arguments of request shape ``transform.<shape>``
+    (``lines``: JSON-lines shards, ``images``: one image per request)."""
+    s = t[shape]
+    return ({"strategy": str(s.batch_strategy), "assemble_with": str(s.assemble_with), "accept": str(s.accept),
+             "max_payload": int(s.max_payload_mb), "max_concurrent_transforms": int(s.max_concurrent_transforms)},
+            {"content_type": str(s.content_type), "split_type": str(s.split_type)})
+
+
+def _first_key(s3, prefix_uri: str) -> str | None:
+    bucket, prefix = split_s3(prefix_uri)
+    found = s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1).get("Contents", [])
+    return found[0]["Key"] if found else None
+
+
+def transform_input(ctx: Context) -> tuple[str, str]:
+    """(S3 prefix, shape) to transform. ``transform.input``: ``auto`` (``<data>/test_jsonl/`` shards when
+    prepare wrote them, else ``<data>/test/``), ``images`` (``<data>/test/``) or an ``s3://`` prefix
+    (shards when it holds ``.jsonl`` files). Prefixes end in ``/``: ``test`` would also read ``test_jsonl``."""
+    choice = str(ctx.sm.transform.get("input") or "auto")
+    images = f"{ctx.data_uri}/test/"
+    if choice == "images":
+        return images, "images"
+    s3 = ctx.boto.client("s3")
+    if choice.startswith("s3://"):
+        prefix = choice.rstrip("/") + "/"
+        return prefix, "lines" if (_first_key(s3, prefix) or "").endswith(".jsonl") else "images"
+    if choice != "auto":
+        raise LaunchConfigError(f"sagemaker.transform.input={choice!r}: auto, images or an s3:// prefix")
+    shards = f"{ctx.data_uri}/{shard_folder('test')}/"
+    if _first_key(s3, shards):
+        return shards, "lines"
+    print(f"transform: no JSON-lines shards in {shards}, so one image per request (~2.8x slower); fix: rerun "
+          "prepare with transform_shards=true (launch_sagemaker.py action=prepare does)", file=sys.stderr)
+    return images, "images"
+
+
 def transform(ctx: Context) -> dict[str, Any]:
-    """Batch transform over the test split, then the evaluation report from its outputs."""
+    """Batch transform over the test split (JSON-lines shards when there are some), then the evaluation
+    report from its outputs."""
     from sagemaker.core.transformer import Transformer
 
     from src.cloud.report import report_from_s3
 
     t = ctx.sm.transform
+    data, shape = transform_input(ctx)
     model = _create_model(ctx, ctx.name("transform"), t.instance_type)
-    data = str(t.input or f"{ctx.data_uri}/test")
     output = str(t.output or ctx.s3.uri("transform", ctx.stamp))
     # Request shape and concurrency: chosen by measuring the handler (docs/serving_performance.md).
-    lines = t.get("batch_strategy", "SingleRecord") == "MultiRecord"
+    model_args, input_args = shape_args(t, shape)
     transformer = Transformer(
-        model_name=model, instance_count=int(t.instance_count), instance_type=t.instance_type,
-        strategy=t.get("batch_strategy", "SingleRecord"), assemble_with="Line" if lines else "None",
-        output_path=output, accept=t.accept, max_payload=int(t.max_payload_mb),
-        max_concurrent_transforms=t.get("max_concurrent_transforms"),
+        model_name=model, instance_count=int(t.instance_count), instance_type=t.instance_type, output_path=output,
         env={"BINCOUNT_BACKEND": str(t.backend)} if t.get("backend") else None,
         base_transform_job_name=f"{ctx.sm.base_job_name}-transform", sagemaker_session=ctx.session,
-        tags=ctx.tags or None,
+        tags=ctx.tags or None, **model_args,
     )
     job_name = ctx.name("transform")
-    transformer.transform(data=data, data_type="S3Prefix", content_type=t.content_type,
-                          split_type=t.get("split_type", "None"), job_name=job_name, wait=False, logs=False)
-    result: dict[str, Any] = {"transform_job": job_name, "model": model, "output": output}
+    transformer.transform(data=data, data_type="S3Prefix", job_name=job_name, wait=False, logs=False, **input_args)
+    result: dict[str, Any] = {"transform_job": job_name, "model": model, "output": output, "shape": shape}
     if not ctx.cfg.get("dry_run"):
         status = _wait_for_transform(ctx.session.sagemaker_client, job_name)
         if status != "Completed":

@@ -25,6 +25,7 @@ from src.cloud.hyperparams import encode_overrides
 from src.cloud.registry import check_approval_status, check_group_name
 from src.cloud.settings import LaunchConfigError
 from src.cloud.staging import tree_digest
+from src.data.jsonl_shards import shard_folder
 from src.evaluation.model_quality import ACCURACY_PATH, EVALUATION_FILE, RMSE_PATH
 
 PROCESSING = "/opt/ml/processing"
@@ -139,7 +140,7 @@ def prepare_arguments(sm: DictConfig) -> list[str]:
     p = sm.prepare
     return [f"source={p.source}", f"ids={IDS_DIR}", f"output={PREPARED_DIR}", f"max_count={p.max_count}",
             f"resize={'null' if p.resize is None else p.resize}", f"seed={p.seed}", f"workers={p.workers}",
-            "shard=auto", "progress=false"]
+            "shard=auto", "progress=false", "transform_shards=true"]  # test_jsonl/ for the transform step
 
 
 def evaluate_arguments(sm: DictConfig) -> list[str]:
@@ -197,7 +198,8 @@ def _channels(data) -> list:
     from sagemaker.core.workflow.functions import Join
     from sagemaker.train.configs import InputData
 
-    return [InputData(channel_name=c, data_source=Join(on="/", values=[data, c])) for c in ("train", "val", "test")]
+    return [InputData(channel_name=c, data_source=Join(on="/", values=[data, f"{c}/"]))  # "test" would add test_jsonl
+            for c in ("train", "val", "test")]
 
 
 def _train_step(ctx, params: Parameters, data, source_dir: str, execution):
@@ -244,6 +246,8 @@ def _quality_branch(ctx, params: Parameters, branch: str, model_uri, data, sourc
     from sagemaker.core.workflow.properties import PropertyFile
     from sagemaker.mlops.workflow import ConditionStep, FailStep, ModelStep, ProcessingStep, TransformStep
 
+    from src.cloud.launcher import SHAPES, shape_args
+
     sm = ctx.sm
     names = step_names(branch)
     evaluation_uri = Join(on="/", values=[ctx.s3.uri("evaluation"), execution, branch.lower()])
@@ -254,7 +258,7 @@ def _quality_branch(ctx, params: Parameters, branch: str, model_uri, data, sourc
             ProcessingInput(input_name="model", s3_input=ProcessingS3Input(
                 s3_uri=model_uri, local_path=MODEL_DIR, s3_data_type="S3Prefix", s3_input_mode="File")),
             ProcessingInput(input_name="test", s3_input=ProcessingS3Input(
-                s3_uri=Join(on="/", values=[data, "test"]), local_path=TEST_DIR, s3_data_type="S3Prefix",
+                s3_uri=Join(on="/", values=[data, "test/"]), local_path=TEST_DIR, s3_data_type="S3Prefix",
                 s3_input_mode="File")),
         ],
         outputs=[ProcessingOutput(output_name="evaluation", s3_output=ProcessingS3Output(
@@ -269,7 +273,8 @@ def _quality_branch(ctx, params: Parameters, branch: str, model_uri, data, sourc
 
     register = ModelStep(name=names["Register"], step_args=_model_builder(ctx, model_uri).register(
         model_package_group_name=str(sm.registry.group),
-        content_types=[str(sm.transform.content_type)], response_types=[str(sm.transform.accept)],
+        content_types=sorted({str(sm.transform[k].content_type) for k in SHAPES}),
+        response_types=sorted({str(sm.transform[k].accept) for k in SHAPES}),
         inference_instances=[str(sm.endpoint.instance_type)], transform_instances=[str(sm.transform.instance_type)],
         model_metrics=ModelMetrics(model_statistics=MetricsSource(
             content_type="application/json",
@@ -280,16 +285,16 @@ def _quality_branch(ctx, params: Parameters, branch: str, model_uri, data, sourc
     create = ModelStep(name=names["CreateModel"], step_args=_model_builder(ctx, model_uri).build(),
                        depends_on=[register])  # the transform uses what was registered, once it is
     t = sm.transform
+    model_args, input_args = shape_args(t, "lines")  # Prepare wrote the test split's JSON-lines shards
     transformer = Transformer(
         model_name=create.properties.ModelName, instance_count=int(t.instance_count),
-        instance_type=params["TransformInstanceType"], strategy="SingleRecord", assemble_with="None",
-        output_path=Join(on="/", values=[ctx.s3.uri("transform"), execution, branch.lower()]), accept=t.accept,
-        max_payload=int(t.max_payload_mb), base_transform_job_name=f"{sm.base_job_name}-transform",
-        sagemaker_session=ctx.session, tags=ctx.tags or None,
+        instance_type=params["TransformInstanceType"],
+        output_path=Join(on="/", values=[ctx.s3.uri("transform"), execution, branch.lower()]),
+        base_transform_job_name=f"{sm.base_job_name}-transform", sagemaker_session=ctx.session,
+        tags=ctx.tags or None, **model_args,
     )
     transform = TransformStep(name=names["Transform"], step_args=transformer.transform(
-        data=Join(on="/", values=[data, "test"]), data_type="S3Prefix", content_type=t.content_type,
-        split_type="None"))
+        data=Join(on="/", values=[data, f"{shard_folder('test')}/"]), data_type="S3Prefix", **input_args))
     wanted = ConditionStep(name=names["TransformWanted"],
                            conditions=[ConditionEquals(left=params["RunTransform"], right=True)],
                            if_steps=[create, transform], else_steps=[])

@@ -48,9 +48,10 @@ from src.data.abid import (
     resize_jpeg,
     target_size,
 )
+from src.data.jsonl_shards import LINES_PER_SHARD, Shards, shard_folder, write_shards
 from src.data.layout import SPLITS, overflow_folder
 from src.data.split import assign_splits, check_fractions, shard_of
-from src.data.storage import LocalStore, Missing, open_store, read_uri
+from src.data.storage import LocalStore, Missing, open_store, read_uri, write_if_changed
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ class Report:
     dry_run: bool = False
     seconds: float = 0.0
     max_count: int | None = None  # set with overflow: class max_count + 1 is shown as its folder name
+    transform_shards: Shards | None = None  # the test split's JSON-lines shards this instance wrote
 
     def folder(self, c: int) -> str:
         """The class folder (and label in summaries) of class index ``c``."""
@@ -282,16 +284,6 @@ def summary_files(report: Report, stats: Mapping[str, Any], plot: bool = True) -
     return files
 
 
-def _write_if_changed(output, key: str, data: bytes) -> bool:
-    try:
-        if output.read(key) == data:
-            return False
-    except Missing:
-        pass
-    output.write(key, data)
-    return True
-
-
 def _read_splits(store_or_uri, key: str | None = None, unsigned="auto") -> dict[str, str]:
     """name -> split from an earlier run's ``splits.csv``; empty when there is none."""
     try:
@@ -341,10 +333,14 @@ def prepare(
     progress: bool = True,
     shard: str | None = None,
     overflow: bool = False,
+    transform_shards: bool = False,
+    transform_shard_lines: int = LINES_PER_SHARD,
 ) -> Report:
     """Prepare ``source`` into ``output``; see the module docstring. Raises NothingUsable when nothing is left.
 
     ``shard``: ``None`` (this process does everything), ``"i/n"`` or ``"auto"`` (see ``resolve_shard``).
+    ``transform_shards``: also pack the test images this instance placed into JSON-lines shards,
+    ``transform_shard_lines`` lines each, under ``test_jsonl/`` (``src.data.jsonl_shards``).
     """
     start = time.perf_counter()
     rank, shards = resolve_shard(shard)
@@ -430,10 +426,13 @@ def prepare(
             out.delete(key)
         if rank == 0:
             for key, data in summary_files(report, stats, plot).items():
-                _write_if_changed(out, key, data)
+                write_if_changed(out, key, data)
         elif own_rejects:
-            _write_if_changed(out, f"rejects-shard-{rank}-of-{shards}.csv",
-                              _csv(["name", "reason", "detail"], sorted(own_rejects)))
+            write_if_changed(out, f"rejects-shard-{rank}-of-{shards}.csv",
+                             _csv(["name", "reason", "detail"], sorted(own_rejects)))
+        if transform_shards:
+            placed = [f"test/{report.folder(c)}/{n}.jpg" for n, c, split in mine if split == "test" and n not in failed]
+            report.transform_shards = write_shards(out, placed, "test", rank, shards, transform_shard_lines, workers)
     report.seconds = time.perf_counter() - start
 
     verb = "would write" if dry_run else "wrote"
@@ -443,6 +442,10 @@ def prepare(
         f" (kept as {overflow_folder(max_count)}/)" if overflow else "", len(report.pruned),
         " (dry run)" if dry_run else "", report.seconds, report.table(),
     )  # fmt: skip
+    if report.transform_shards is not None:
+        done = report.transform_shards
+        log.info("Transform shards: %d in %s/%s/ (%d new or changed, %d stale removed)", len(done.keys), out.uri,
+                 shard_folder("test"), done.written, len(done.removed))
     if rejects:
         top = ", ".join(f"{reason} {n}" for reason, n in Counter(r for _, r, _ in rejects).most_common(4))
         log.warning("Rejected %d item(s): %s (details in %s/rejects.csv)", len(rejects), top, out.uri)

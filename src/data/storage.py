@@ -174,6 +174,17 @@ def open_store(uri: str | os.PathLike, unsigned: bool | str = "auto", max_pool_c
     return LocalStore(uri)
 
 
+def write_if_changed(store, key: str, data: bytes) -> bool:
+    """Write ``data`` unless ``key`` already holds exactly it; True when written."""
+    try:
+        if store.read(key) == data:
+            return False
+    except Missing:
+        pass
+    store.write(key, data)
+    return True
+
+
 def check_writable(uri: str | os.PathLike, setting: str = "output") -> None:
     """Create local folder ``uri`` if needed and write a probe file in it; one-line ``PermissionError``
     naming the setting otherwise (an S3 prefix is checked by its first write)."""
