@@ -262,6 +262,7 @@ def test_transform_sends_json_lines_shards_when_prepare_wrote_them(aws, tmp_path
     assert (req["BatchStrategy"], req["MaxPayloadInMB"], req["MaxConcurrentTransforms"]) == ("MultiRecord", 2, 2)
     assert req["TransformOutput"]["AssembleWith"] == "Line"
     assert req["TransformOutput"]["Accept"] == "application/jsonlines"  # answers as lines, not one JSON per request
+    assert req["Environment"] == {"BINCOUNT_MAX_IMAGES": "1024"}  # ~290 small lines fit in 2 MB; 128 would refuse
     assert result["shape"] == "lines" and "transform:" not in capsys.readouterr().err
     report = result["report"]
     assert report["metrics"]["n"] == 3 and report["confusion"][3][2] == 1

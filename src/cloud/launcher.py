@@ -266,8 +266,12 @@ def shape_args(t: DictConfig, shape: str) -> tuple[dict[str, Any], dict[str, Any
     """``Transformer(...)`` and ``.transform(...)`` arguments of request shape ``transform.<shape>``
     (``lines``: JSON-lines shards, ``images``: one image per request)."""
     s = t[shape]
+    env = {"BINCOUNT_BACKEND": str(t.backend)} if t.get("backend") else {}
+    if s.get("max_records"):  # a MultiRecord request holds as many lines as fit in max_payload_mb
+        env["BINCOUNT_MAX_IMAGES"] = str(int(s.max_records))
     return ({"strategy": str(s.batch_strategy), "assemble_with": str(s.assemble_with), "accept": str(s.accept),
-             "max_payload": int(s.max_payload_mb), "max_concurrent_transforms": int(s.max_concurrent_transforms)},
+             "max_payload": int(s.max_payload_mb), "max_concurrent_transforms": int(s.max_concurrent_transforms),
+             "env": env or None},
             {"content_type": str(s.content_type), "split_type": str(s.split_type)})
 
 
@@ -314,7 +318,6 @@ def transform(ctx: Context) -> dict[str, Any]:
     model_args, input_args = shape_args(t, shape)
     transformer = Transformer(
         model_name=model, instance_count=int(t.instance_count), instance_type=t.instance_type, output_path=output,
-        env={"BINCOUNT_BACKEND": str(t.backend)} if t.get("backend") else None,
         base_transform_job_name=f"{ctx.sm.base_job_name}-transform", sagemaker_session=ctx.session,
         tags=ctx.tags or None, **model_args,
     )
