@@ -27,7 +27,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--int8", action="store_true", help="also write model_int8.onnx (backend onnx-int8)")
     parser.add_argument("--calib-data", help="--int8: prepared data folder with train/ (calibration) and val/")
     parser.add_argument("--calib-images", type=int, default=300, help="--int8: training images to calibrate on")
-    parser.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"], default="minmax")
+    parser.add_argument("--calib-method", choices=["auto", "minmax", "entropy", "percentile"], default="auto",
+                        help="--int8: activation calibration (auto: try each, keep the most accurate on val)")
     parser.add_argument("--int8-tolerance", type=float, default=0.5,
                         help="--int8: most validation accuracy points int8 may lose (default 0.5)")
     parser.add_argument("--val-images", type=int, help="--int8: check on this many val images (default all)")
@@ -78,7 +79,8 @@ def main(argv=None) -> int:
             return 1
         print(f"int8:     {out / 'model_int8.onnx'} ({report.method}, {report.calibration_images} calibration images); "
               f"val accuracy fp32 {report.val_acc_fp32:.2f} % -> int8 {report.val_acc_int8:.2f} % "
-              f"(drop {report.drop:.2f} points on {report.val_images} images)")
+              f"(drop {report.drop:.2f} points on {report.val_images} images, {report.agreement:.1f} % answered alike)"
+              + (f"; tried {report.tried}" if report.tried else ""))
     print(f"artifact: {out}\ntarball:  {tarball_path(out)}")
     return 0
 

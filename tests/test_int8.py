@@ -15,7 +15,7 @@ from PIL import Image
 
 import export
 from src.inference import quantize
-from src.inference.artifact import INT8_FILE, export_artifact, record_int8, tarball_path, write_tarball
+from src.inference.artifact import INT8_FILE, export_artifact, load_artifact, record_int8, tarball_path, write_tarball
 from src.inference.backends import OnnxRunner
 from src.inference.loading import load_predictor
 from src.inference.predictor import CountPredictor
@@ -89,9 +89,12 @@ def test_export_int8_records_it_and_every_path_serves_it(artifact, self_labelled
     assert rc == 0, out
     assert (artifact / INT8_FILE).is_file() and not list(artifact.glob(".*candidate"))
     entry = json.loads((artifact / "model_config.json").read_text())["int8"]
-    assert entry["file"] == INT8_FILE and entry["calibration_method"] == "minmax"
+    assert entry["file"] == INT8_FILE and set(entry["methods_tried"]) == {"minmax", "entropy", "percentile"}
+    assert entry["val_acc_int8"] == max(entry["methods_tried"].values())  # auto keeps the most accurate method
+    assert entry["methods_tried"][entry["calibration_method"]] == entry["val_acc_int8"]
     assert entry["calibration_images"] == 32 and entry["val_images"] == 40 and entry["val_acc_fp32"] == 100.0
     assert 95.0 <= entry["val_acc_int8"] <= 100.0
+    assert entry["val_agreement"] == entry["val_acc_int8"]  # fp32 is the label here: agreeing = being right
     assert f"drop {100.0 - entry['val_acc_int8']:.2f} points on 40 images" in out
     assert "onnxruntime" in (artifact / "code" / "requirements.txt").read_text()
 
@@ -103,6 +106,17 @@ def test_export_int8_records_it_and_every_path_serves_it(artifact, self_labelled
     assert agree.float().mean() >= 0.95
     predictor, info = load_predictor(model_dir=artifact, backend="onnx-int8")
     assert info["backend"] == "onnx-int8" and info["int8"]["file"] == INT8_FILE
+
+
+def test_the_gate_scores_the_models_own_answers_not_argmax(artifact, self_labelled, tmp_path):
+    """Count cuts that answer 5 for everything: the gate's accuracy is the share of 5s, as served."""
+    net, _ = load_artifact(artifact)
+    model_dir = export_artifact(net, SIZE, "expected", tmp_path / "model", onnx=True, tarball=False,
+                                answers={"count_cuts": [-0.5] * 5})
+    report = quantize.build_int8(model_dir, self_labelled, calib_images=16, method="minmax", tolerance=100)
+    fives = len(list((self_labelled / "val" / "5").glob("*.jpg"))) if (self_labelled / "val" / "5").is_dir() else 0
+    assert report.val_acc_fp32 == pytest.approx(100.0 * fives / 40) and report.val_acc_fp32 < 100.0
+    assert report.tried is None and report.method == "minmax"
 
 
 def test_handler_model_fn_reads_the_backend_from_the_environment(artifact, self_labelled, monkeypatch):

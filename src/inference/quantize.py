@@ -4,8 +4,9 @@ ONNX Runtime's recipe: ``quant_pre_process`` (shape inference + graph optimisati
 ``quantize_static`` in QDQ format with per-channel int8 weights and uint8 activations, calibrated on
 real training images. On AVX-512 VNNI CPUs ONNX Runtime runs the int8 convolutions with VNNI
 instructions (AVX2 without VNNI gains less); docs/serving_performance.md has the measured numbers.
-MinMax calibration is the default: on our models it kept accuracy as well as Entropy/Percentile
-(benchmarks/bench_int8.py, --int8-methods) at a fraction of the calibration time.
+The gate scores what the model answers (its decision rule, count cuts and overflow class), not a
+bare argmax. ``method="auto"`` (the default) calibrates with each method and keeps the one with the
+best validation accuracy (ties: the earliest of ``CALIBRATION_METHODS``, MinMax, the fastest).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from src.data.images import CountFolder
 from src.data.transforms import eval_transform
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+METHOD_CHOICES = ("auto", *CALIBRATION_METHODS)
 DEFAULT_TOLERANCE = 0.5  # accuracy points the int8 model may lose on the validation split
 
 
@@ -37,6 +39,8 @@ class Int8Report:
     val_images: int
     val_acc_fp32: float  # percent
     val_acc_int8: float  # percent
+    agreement: float | None = None  # percent of validation images answered alike by fp32 and int8
+    tried: dict[str, float] | None = None  # method -> val accuracy of its int8 model (auto)
 
     @property
     def drop(self) -> float:
@@ -102,58 +106,84 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: Call
     return out_path
 
 
-def accuracy(runner: Callable, batches: Iterator[tuple[np.ndarray, np.ndarray]]) -> tuple[float, int]:
-    """(percent argmax accuracy, images) of ``runner(images) -> logits`` over labelled batches."""
-    correct = total = 0
-    for images, labels in batches:
-        predicted = np.asarray(runner(images)).argmax(-1)
-        correct += int((predicted == labels).sum())
-        total += len(labels)
-    return 100.0 * correct / max(total, 1), total
+def answers(runner: Callable, batches: Iterator[tuple[np.ndarray, np.ndarray]],
+            decide: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(answered class, label) per image of ``runner(images) -> logits`` over labelled batches;
+    ``decide(probabilities) -> class`` (default argmax)."""
+    predicted, labels = [], []
+    for images, y in batches:
+        probs = torch.as_tensor(np.asarray(runner(images))).softmax(-1)
+        predicted.append((decide(probs) if decide else probs.argmax(-1)).numpy())
+        labels.append(y)
+    return np.concatenate(predicted), np.concatenate(labels)
+
+
+def accuracy(runner: Callable, batches: Iterator[tuple[np.ndarray, np.ndarray]],
+             decide: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[float, int]:
+    """(percent accuracy, images) of ``answers``."""
+    predicted, labels = answers(runner, batches, decide)
+    return 100.0 * float((predicted == labels).mean()) if len(labels) else 0.0, len(labels)
 
 
 def check_drop(report: Int8Report, tolerance: float = DEFAULT_TOLERANCE) -> None:
     """Raise ``AccuracyDropError`` naming the numbers and the fix when int8 lost more than ``tolerance``."""
     if report.drop > tolerance:
+        tried = f" (tried {', '.join(f'{m} {a:.2f} %' for m, a in report.tried.items())})" if report.tried else ""
         raise AccuracyDropError(
             f"int8 model refused: validation accuracy {report.val_acc_int8:.2f} % vs fp32 {report.val_acc_fp32:.2f} % "
-            f"({report.drop:.2f} points lost on {report.val_images} images, tolerance {tolerance:g}). "
-            "Try another --calib-method (entropy, percentile), more --calib-images, or raise --int8-tolerance."
+            f"({report.drop:.2f} points lost on {report.val_images} images, tolerance {tolerance:g}){tried}. "
+            "Try another --calib-method (auto tries them all), more --calib-images, or raise --int8-tolerance."
         )
 
 
-def build_int8(model_dir: str | Path, data_dir: str | Path, calib_images: int = 300, method: str = "minmax",
+def build_int8(model_dir: str | Path, data_dir: str | Path, calib_images: int = 300, method: str = "auto",
                tolerance: float = DEFAULT_TOLERANCE, val_images: int | None = None) -> Int8Report:
-    """Quantize ``<model_dir>/model.onnx`` on ``calib_images`` images of ``<data_dir>/train``, compare fp32
-    and int8 on ``<data_dir>/val`` and, when the drop is within ``tolerance``, write ``model_int8.onnx``
-    and record it in ``model_config.json``. Raises ``AccuracyDropError`` (and writes nothing) otherwise."""
+    """Quantize ``<model_dir>/model.onnx`` on ``calib_images`` images of ``<data_dir>/train``, compare the
+    fp32 and int8 answers on ``<data_dir>/val`` and, when the drop is within ``tolerance``, write
+    ``model_int8.onnx`` and record it in ``model_config.json``. Raises ``AccuracyDropError`` (and writes
+    nothing) otherwise. ``method="auto"``: every calibration method, the most accurate kept."""
     from src.inference.artifact import INT8_FILE, ONNX_FILE, read_config, record_int8
     from src.inference.backends import OnnxRunner
+    from src.models.counting import predict_counts
 
+    if method not in METHOD_CHOICES:
+        raise ValueError(f"Unknown calibration method {method!r}; valid: {', '.join(METHOD_CHOICES)}")
     model_dir, data_dir = Path(model_dir), Path(data_dir)
     config = read_config(model_dir)
     size, classes = int(config["image_size"]), len(config["classes"])
     overflow = bool(config.get("overflow"))  # the last class is read from <split>/6plus/
+    rule, cuts = config.get("decision_rule", "argmax"), config.get("count_cuts")
+    decide = lambda probs: predict_counts(probs, rule, overflow, cuts)  # noqa: E731 - what the model answers
     for split in ("train", "val"):
         if not (data_dir / split).is_dir():
             raise FileNotFoundError(f"{data_dir / split} not found: --calib-data must be a prepared data folder "
                                     "with train/ (calibration) and val/ (the accuracy check) count folders")
     if not (model_dir / ONNX_FILE).is_file():
         raise FileNotFoundError(f"{model_dir / ONNX_FILE} not found; export it first (export.py --onnx)")
-    candidate = model_dir / f".{INT8_FILE}.candidate"
     used = min(calib_images, len(CountFolder(data_dir / "train", num_classes=classes, overflow=overflow)))
+    val = lambda: folder_batches(data_dir / "val", size, val_images, num_classes=classes, overflow=overflow)  # noqa: E731
+    fp32, labels = answers(OnnxRunner(model_dir / ONNX_FILE).run, val(), decide)
+    acc_fp32 = 100.0 * float((fp32 == labels).mean())
+    candidates = {m: model_dir / f".{INT8_FILE}.{m}.candidate" for m in (CALIBRATION_METHODS if method == "auto" else (method,))}
     try:
-        quantize_int8(model_dir / ONNX_FILE, candidate, method=method, calibration=lambda: (
-            x for x, _ in folder_batches(data_dir / "train", size, calib_images, num_classes=classes, overflow=overflow)))
-        val = lambda: folder_batches(data_dir / "val", size, val_images, num_classes=classes, overflow=overflow)  # noqa: E731
-        acc_fp32, n = accuracy(OnnxRunner(model_dir / ONNX_FILE).run, val())
-        acc_int8, _ = accuracy(OnnxRunner(candidate).run, val())
-        report = Int8Report(method, used, n, round(acc_fp32, 3), round(acc_int8, 3))
+        scored = {}
+        for m, path in candidates.items():
+            quantize_int8(model_dir / ONNX_FILE, path, method=m, calibration=lambda: (
+                x for x, _ in folder_batches(data_dir / "train", size, calib_images, num_classes=classes, overflow=overflow)))
+            int8, _ = answers(OnnxRunner(path).run, val(), decide)
+            scored[m] = (100.0 * float((int8 == labels).mean()), 100.0 * float((int8 == fp32).mean()))
+        best = max(scored, key=lambda m: scored[m][0])  # max keeps the first of equals: MinMax
+        report = Int8Report(best, used, len(labels), round(acc_fp32, 3), round(scored[best][0], 3),
+                            agreement=round(scored[best][1], 3),
+                            tried={m: round(a, 3) for m, (a, _) in scored.items()} if len(scored) > 1 else None)
         check_drop(report, tolerance)
-        candidate.replace(model_dir / INT8_FILE)
+        candidates[best].replace(model_dir / INT8_FILE)
     finally:
-        candidate.unlink(missing_ok=True)
-    record_int8(model_dir, {"calibration_method": method, "calibration_images": used, "val_images": n,
+        for path in candidates.values():
+            path.unlink(missing_ok=True)
+    record_int8(model_dir, {"calibration_method": best, "calibration_images": used, "val_images": report.val_images,
                             "val_acc_fp32": report.val_acc_fp32, "val_acc_int8": report.val_acc_int8,
+                            "val_agreement": report.agreement, "decision_rule": rule,
+                            **({"methods_tried": report.tried} if report.tried else {}),
                             "tolerance_points": tolerance})
     return report
