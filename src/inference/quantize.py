@@ -86,12 +86,15 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: Call
         raise ValueError(f"Unknown calibration method {method!r}; valid: {', '.join(CALIBRATION_METHODS)}")
 
     class Reader(CalibrationDataReader):
+        """One image per call: the entropy and percentile collectors stack every call's activations
+        and fail on a last, shorter batch (MinMax does not care)."""
+
         def __init__(self):
-            self.batches = iter(calibration())
+            self.images = (image[None] for batch in calibration() for image in batch)
 
         def get_next(self):
-            batch = next(self.batches, None)
-            return None if batch is None else {"images": np.ascontiguousarray(batch, dtype=np.float32)}
+            image = next(self.images, None)
+            return None if image is None else {"images": np.ascontiguousarray(image, dtype=np.float32)}
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
