@@ -69,6 +69,10 @@ def test_resume_from_last_checkpoint(tiny_cfg, tmp_path):
     # resumed at the end of epoch 0 and trained exactly one more epoch
     assert second["trainer"].global_step == 2 * steps_per_epoch
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 2 * steps_per_epoch
+    # resuming a run that already finished (e.g. to redo its test and export): no epoch, same best score
+    metrics, third = train(tiny_cfg("trainer.max_epochs=2", "test=false", f"ckpt_path={last}"))
+    assert third["trainer"].global_step == 2 * steps_per_epoch
+    assert float(metrics["val/acc_best"]) == float(second["trainer"].checkpoint_callback.best_model_score)
 
 
 def test_ema_weights_are_the_ones_checkpointed_and_tested(tiny_cfg):

@@ -43,6 +43,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if cfg.get("train", True):
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         metrics.update(trainer.callback_metrics)
+        ckpt = trainer.checkpoint_callback
+        if "val/acc_best" not in metrics and ckpt is not None and ckpt.monitor == "val/acc" and ckpt.best_model_score is not None:
+            metrics["val/acc_best"] = ckpt.best_model_score  # resuming a finished run validates nothing
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if cfg.get("test", True):
