@@ -31,6 +31,7 @@ def test_recipe_config_composes():
     # 12 cosine epochs to lr 0, no early stopping; the best val/acc checkpoint is the one tested.
     assert cfg.callbacks.early_stopping is None and cfg.callbacks.model_checkpoint.monitor == "val/acc"
     assert cfg.model.scheduler._target_.endswith("CosineAnnealingLR") and cfg.model.scheduler.T_max == 12
+    assert cfg.callbacks.weight_averaging.decay == 0.997  # the EMA is part of the recipe
     # Re-weighting by sampler or by loss, never both.
     assert not (cfg.data.weighted_sampler and cfg.model.criterion.weighting != "none")
 
