@@ -64,9 +64,10 @@ class ArtifactExport(pl.Callback):
         if not self.artifact_dir:
             return
         cuts = self.export(trainer, pl_module) if trainer.is_global_zero else None
-        cuts = trainer.strategy.broadcast(cuts, src=0)
-        if cuts is not None:  # the test that follows answers as the exported model does, on every rank
+        if cuts is not None and trainer.world_size == 1:  # the test that follows answers as the export does
             pl_module.count_cuts = cuts
+        elif cuts is not None:  # no collective here: the other ranks did not wait for rank 0's export
+            log.warning("Count cuts are in the artifact; this %d-process test scores plain rounding", trainer.world_size)
 
     def export(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[float] | None:
         """Write the artifact; returns its fitted count cuts, if any."""
