@@ -116,7 +116,7 @@ def _state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def _test_probabilities(run: Path, ckpt: Path, split: str = "test") -> dict[str, torch.Tensor]:
+def _split_probabilities(run: Path, ckpt: Path, split: str = "test") -> dict[str, torch.Tensor]:
     """One pass over a split with a run's checkpoint: softmax of each image and of its mirror."""
     from omegaconf import OmegaConf
 
@@ -134,14 +134,14 @@ def _test_probabilities(run: Path, ckpt: Path, split: str = "test") -> dict[str,
     return {"probs": torch.cat(probs), "probs_flip": torch.cat(probs_flip), "true": torch.cat(true)}
 
 
-def test_probabilities(run: Path, ckpt: Path, split: str = "test") -> dict[str, torch.Tensor]:
-    """_test_probabilities, cached in the run folder (one pass per checkpoint and split)."""
+def split_probabilities(run: Path, ckpt: Path, split: str = "test") -> dict[str, torch.Tensor]:
+    """_split_probabilities, cached in the run folder (one pass per checkpoint and split)."""
     cache = run / f"{split}_probs.pt"
     if cache.is_file():
         cached = torch.load(cache, map_location="cpu", weights_only=True)
         if cached.get("ckpt") == str(ckpt):
             return cached
-    out = {"ckpt": str(ckpt), **_test_probabilities(run, ckpt, split)}
+    out = {"ckpt": str(ckpt), **_split_probabilities(run, ckpt, split)}
     torch.save(out, cache)
     return out
 
@@ -151,7 +151,7 @@ def with_cuts(run: Path, ckpt: Path) -> dict:
     from src.inference.calibration import fit_count_cuts
     from src.models.counting import expected_count
 
-    val, test = test_probabilities(run, ckpt, "val"), test_probabilities(run, ckpt)
+    val, test = split_probabilities(run, ckpt, "val"), split_probabilities(run, ckpt)
     cuts = fit_count_cuts(expected_count(val["probs"].double()), val["true"], K)
     pred = predict_counts(test["probs"].double(), "expected", cuts=cuts)
     return {"metrics": metrics_from_confusion(confusion(test["true"], pred)), "cuts": [round(c, 4) for c in cuts]}
@@ -168,13 +168,13 @@ def rule_and_tta(probs: torch.Tensor, probs_flip: torch.Tensor, true: torch.Tens
 
 def free_ablations(run: Path, ckpt: Path) -> dict[str, dict]:
     """Decision rule x flip TTA on one trained model."""
-    t = test_probabilities(run, ckpt)
+    t = split_probabilities(run, ckpt)
     return rule_and_tta(t["probs"], t["probs_flip"], t["true"])
 
 
 def seed_ensemble(ckpts: dict[Path, Path]) -> dict[str, dict]:
     """Decision rule x flip TTA on the average of several runs' probabilities (a k-model ensemble)."""
-    tests = [test_probabilities(run, ckpt) for run, ckpt in ckpts.items()]
+    tests = [split_probabilities(run, ckpt) for run, ckpt in ckpts.items()]
     true = tests[0]["true"]
     assert all(torch.equal(t["true"], true) for t in tests), "seeds were tested on different images"
     mean = {k: torch.stack([t[k] for t in tests]).mean(0) for k in ("probs", "probs_flip")}

@@ -78,20 +78,18 @@ def model_dir(args, tmp: Path) -> Path:
     return folder
 
 
-def cpu_seconds(pids: list[int], own: bool = True) -> float:
-    """CPU time (user + system, all threads) of the processes ``pids``, plus this one when ``own``."""
-    total = time.process_time() if own else 0.0
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system, all threads) of the processes ``pids``."""
+    total = 0.0
     for pid in pids:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
 
 
-def load_run(base: str | list[str], bodies: list[bytes], clients: int, requests: int, pids: list[int] = (),
-             client_cpu: bool = True) -> dict:
+def load_run(base: str | list[str], bodies: list[bytes], clients: int, requests: int, pids: list[int]) -> dict:
     """``clients`` threads share ``requests`` POSTs (client k talks to ``base[k % len(base)]``); returns
-    requests/s, requests per CPU-second (``pids``, plus this process when ``client_cpu``), p50/p99 ms
-    and the counts by body.
+    requests/s, requests per CPU-second of the server processes ``pids``, p50/p99 ms and the counts by body.
 
     Requests per CPU-second is the fair number on a shared machine: a layout with more runnable
     threads takes a larger share of a contended CPU, which wall-clock requests/s rewards."""
@@ -119,13 +117,13 @@ def load_run(base: str | list[str], bodies: list[bytes], clients: int, requests:
                     latencies.append(elapsed)
                     counts.setdefault(i % len(bodies), set()).add(r.json()["predictions"][0]["count"])
 
-    start, cpu = time.perf_counter(), cpu_seconds(pids, client_cpu)
+    start, cpu = time.perf_counter(), cpu_seconds(pids)
     with ThreadPoolExecutor(clients) as pool:
         for f in [pool.submit(client, k) for k in range(clients)]:
             f.result()
-    seconds, cpu = time.perf_counter() - start, cpu_seconds(pids, client_cpu) - cpu
-    return {"rps": requests / seconds, "per_cpu_s": requests / cpu, "p50_ms": float(np.percentile(latencies, 50)),
-            "p99_ms": float(np.percentile(latencies, 99)), "counts": counts}
+    seconds, cpu = time.perf_counter() - start, cpu_seconds(pids) - cpu
+    return {"rps": requests / seconds, "per_cpu_s": requests / cpu if cpu > 0 else float("nan"),
+            "p50_ms": float(np.percentile(latencies, 50)), "p99_ms": float(np.percentile(latencies, 99)), "counts": counts}
 
 
 def backends(args) -> list[str]:
@@ -162,11 +160,12 @@ def bench_server_backend(args, backend: str, tmp: Path, entry) -> dict:
         single: dict[str, float] = {}
         for _ in range(args.rounds):
             for name, (base, pids) in bases.items():
-                run = load_run(base, bodies, args.clients, args.requests, pids, client_cpu=False)
+                run = load_run(base, bodies, args.clients, args.requests, pids)
                 if name not in best or run["rps"] > best[name]["rps"]:
                     best[name] = run
             for name in ("plain", "ours"):  # light traffic: what max_wait_ms costs a lone request
-                p50 = load_run(bases[name][0], bodies, 1, args.single_requests)["p50_ms"]
+                base, pids = bases[name]
+                p50 = load_run(base, bodies, 1, args.single_requests, pids)["p50_ms"]
                 single[name] = min(single.get(name, p50), p50)
     same = all(best["plain"]["counts"][i] == best["ours"]["counts"][i] for i in best["plain"]["counts"])
     return entry(

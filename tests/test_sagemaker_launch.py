@@ -234,7 +234,7 @@ def test_transform_then_report_from_its_outputs(aws, tmp_path, capsys):
     # no shards in S3: one image per request, and one line naming the fix
     hint = [line for line in capsys.readouterr().err.splitlines() if line.startswith("transform:")]
     assert hint == [f"transform: no JSON-lines shards in s3://{BUCKET}/bincount/data/abid/test_jsonl/, so one image "
-                    "per request (~2.8x slower); fix: rerun prepare with transform_shards=true "
+                    "per request (~1.6x slower); fix: rerun prepare with transform_shards=true "
                     "(launch_sagemaker.py action=prepare does)"]
     report = result["report"]
     assert report["metrics"]["n"] == 4

@@ -298,7 +298,7 @@ def transform_input(ctx: Context) -> tuple[str, str]:
     shards = f"{ctx.data_uri}/{shard_folder('test')}/"
     if _first_key(s3, shards):
         return shards, "lines"
-    print(f"transform: no JSON-lines shards in {shards}, so one image per request (~2.8x slower); fix: rerun "
+    print(f"transform: no JSON-lines shards in {shards}, so one image per request (~1.6x slower); fix: rerun "
           "prepare with transform_shards=true (launch_sagemaker.py action=prepare does)", file=sys.stderr)
     return images, "images"
 

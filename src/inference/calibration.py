@@ -208,14 +208,10 @@ def _best_cuts(mean: torch.Tensor, targets: torch.Tensor, num_counts: int, weigh
     best = torch.zeros(num_counts, dtype=torch.float64)  # best[k]: examples so far, the last labelled k
     choice = torch.zeros(n, num_counts, dtype=torch.long)  # label of the previous example on that path
     for i in range(n):
-        prefix, arg = best.clone(), torch.zeros(num_counts, dtype=torch.long)
-        for k in range(1, num_counts):  # running minimum over labels <= k
-            if prefix[k - 1] <= prefix[k]:
-                prefix[k], arg[k] = prefix[k - 1], arg[k - 1]
-            else:
-                arg[k] = k
         if i > 0 and values[i] == values[i - 1]:  # equal means cannot be split: same label as before
-            prefix, arg = best.clone(), ks.long()
+            prefix, arg = best, torch.arange(num_counts)
+        else:  # the best path whose previous label is <= k
+            prefix, arg = torch.cummin(best, 0)
         best, choice[i] = prefix + loss[i], arg
     labels = torch.empty(n, dtype=torch.long)
     k = int(best.argmin())
