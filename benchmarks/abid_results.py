@@ -64,6 +64,8 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "dist": ("previous recipe + count-distance loss (weight 0.5)", [*PLAIN, "model.criterion.distance_weight=0.5"]),
     "sqrtw": ("this recipe + sqrt-inverse loss weights", ["experiment=abid_sample", "model.criterion.weighting=sqrt_inverse"]),
     "ls": ("this recipe + label smoothing 0.1", ["experiment=abid_sample", "model.criterion.label_smoothing=0.1"]),
+    "distill": ("this recipe distilled from the main recipe's three seeds (soft targets on training images and "
+                "mirrors, weight 0.5, T 2; teachers' time not counted)", ["experiment=abid_sample_distill"]),
 }
 
 

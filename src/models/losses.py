@@ -30,7 +30,12 @@ def class_weights(counts: torch.Tensor, scheme: str = "none") -> torch.Tensor | 
 class CountLoss(nn.Module):
     """Cross-entropy (optionally class-weighted, label-smoothed) plus an optional term that knows
     counts are ordered: ``distance_weight`` * squared distance between the expected count
-    sum(k * p_k) and the true count, so predicting 4 for a 5 costs less than predicting 0."""
+    sum(k * p_k) and the true count, so predicting 4 for a 5 costs less than predicting 0.
+
+    Given teacher probabilities (distillation), the loss is ``(1 - distill_weight)`` times the above
+    plus ``distill_weight`` * T^2 * KL(teacher || student), both softened by ``distill_temperature``
+    T (Hinton et al. 2015: T^2 keeps the soft term's gradients on the hard term's scale).
+    """
 
     def __init__(
         self,
@@ -38,10 +43,17 @@ class CountLoss(nn.Module):
         weighting: str = "none",
         label_smoothing: float = 0.0,
         distance_weight: float = 0.0,
+        distill_weight: float = 0.5,
+        distill_temperature: float = 1.0,
     ):
         super().__init__()
         if weighting not in WEIGHT_SCHEMES:
             raise ValueError(f"Unknown class weighting {weighting!r}; valid: {', '.join(WEIGHT_SCHEMES)}")
+        if not 0.0 <= distill_weight <= 1.0 or distill_temperature <= 0:
+            raise ValueError(f"distill_weight must be in [0, 1] and distill_temperature > 0, got {distill_weight} "
+                             f"and {distill_temperature}")
+        self.distill_weight = distill_weight
+        self.distill_temperature = distill_temperature
         self.weighting = weighting
         self.label_smoothing = label_smoothing
         self.distance_weight = distance_weight
@@ -52,7 +64,16 @@ class CountLoss(nn.Module):
         if weights is not None:
             self.weight.copy_(weights)
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, teacher: torch.Tensor | None = None) -> torch.Tensor:
+        hard = self.hard_loss(logits, target)
+        if teacher is None or not self.distill_weight:
+            return hard
+        t = self.distill_temperature
+        soft_teacher = (teacher.clamp_min(1e-8).log() / t).log_softmax(-1)
+        soft = F.kl_div((logits / t).log_softmax(-1), soft_teacher, reduction="batchmean", log_target=True) * t * t
+        return (1 - self.distill_weight) * hard + self.distill_weight * soft
+
+    def hard_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         weight = self.weight if self.weighting != "none" else None
         loss = F.cross_entropy(logits, target, weight=weight, label_smoothing=self.label_smoothing)
         if self.distance_weight:

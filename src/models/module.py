@@ -82,15 +82,15 @@ class BinCounter(pl.LightningModule):
         # would normalise with batch statistics and drift its running statistics.
         self.net.train()
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
-        x, y = batch
+    def _step(self, batch: tuple[torch.Tensor, ...], stage: str) -> torch.Tensor:
+        x, y, *teacher = batch  # a third item: teacher probabilities (data=distill's training batches)
         if x.ndim == 2:  # cached backbone features (data=features): only the head runs
             logits = self.net.head(x)
         else:
             if self.hparams.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             logits = self(x)
-        loss = self.criterion(logits, y)
+        loss = self.criterion(logits, y, teacher[0] if teacher else None)
         if not torch.isfinite(loss):
             lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else None
             raise FloatingPointError(

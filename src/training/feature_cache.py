@@ -96,7 +96,9 @@ class CachedFeatures(Dataset):
         return feats[index], self._targets[index]
 
 
-class _Indexed(Dataset):
+class IndexedImages(Dataset):
+    """(image, index) pairs of a dataset; an image that failed to decode stays None."""
+
     def __init__(self, dataset: CountFolder):
         self.dataset = dataset
 
@@ -108,7 +110,8 @@ class _Indexed(Dataset):
         return None if item is None else (item[0], i)
 
 
-def _collate_valid(batch):
+def collate_valid(batch):
+    """Stack the decodable (image, index) pairs of a batch; None when none decoded."""
     batch = [b for b in batch if b is not None]
     if not batch:
         return None
@@ -203,8 +206,8 @@ class FeatureCache:
         backbone.eval().to(device)
         # The caller's RNG stream must not move: a loader iterator draws a seed from it.
         loader = DataLoader(
-            _Indexed(dataset), batch_size=self.batch_size, num_workers=self.num_workers,
-            collate_fn=_collate_valid, generator=torch.Generator(),
+            IndexedImages(dataset), batch_size=self.batch_size, num_workers=self.num_workers,
+            collate_fn=collate_valid, generator=torch.Generator(),
         )
         feats, flips, kept = [], [], []
         try:

@@ -1,0 +1,168 @@
+"""Knowledge distillation from an ensemble: the student learns the teachers' averaged predictions.
+
+The teachers are exported model folders (``<run>/model``). Their softmax probabilities (no
+temperature: the same average the seed-ensemble rows of the results table score) are computed once
+for every training image and for its mirror image, averaged over teachers, and cached on disk keyed
+by the teachers' weights, their preprocessing and the split's image list. A rerun, or another
+student seed, loads the file and runs no teacher at all.
+
+Horizontal flips are the training augmentation, so :class:`TeacherTargets` flips the image itself
+(with the same draw ``RandomHorizontalFlip`` makes) and hands out the teachers' answer for exactly
+the image the student sees.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from src.data.datamodule import BinDataModule
+from src.data.images import CountFolder
+from src.data.transforms import eval_transform
+from src.inference.artifact import CONFIG_FILE, WEIGHTS_FILE, file_sha256, load_artifact
+from src.training.feature_cache import IndexedImages, collate_valid, image_list_fingerprint
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+TEACHERS_HINT = (
+    "Train the teachers first (`python benchmarks/abid_results.py --train --rows main --seeds 42 43 44` "
+    "writes logs/train/runs/abid_main_s<seed>/model), or point data.teachers at exported model folders"
+)
+
+
+def check_teachers(teachers: list[str | Path]) -> list[Path]:
+    """The teacher folders as paths; fails naming every one that is not an exported model."""
+    if not teachers:
+        raise ValueError(f"Distillation needs at least one teacher in data.teachers. {TEACHERS_HINT}")
+    paths = [Path(t) for t in teachers]
+    missing = [str(p) for p in paths if not (p / CONFIG_FILE).is_file() or not (p / WEIGHTS_FILE).is_file()]
+    if missing:
+        raise FileNotFoundError(f"Teacher model folder(s) without {CONFIG_FILE} and {WEIGHTS_FILE}: "
+                                f"{', '.join(missing)}. {TEACHERS_HINT}")
+    return paths
+
+
+def teacher_key(teachers: list[Path], dataset: CountFolder) -> dict[str, Any]:
+    """Everything the cached targets depend on: each teacher's weights and image size, and the images."""
+    entries = []
+    for t in teachers:
+        config = json.loads((t / CONFIG_FILE).read_text())
+        entries.append({"weights": config.get("weights_sha256") or file_sha256(t / WEIGHTS_FILE),
+                        "image_size": int(config["image_size"])})
+    return {
+        "version": CACHE_VERSION,
+        "teachers": entries,
+        "images": image_list_fingerprint(dataset.root, dataset.samples),
+        "num_images": len(dataset.samples),
+    }
+
+
+@torch.inference_mode()
+def _teacher_probabilities(model_dir: Path, dataset: CountFolder, batch_size: int, num_workers: int) -> torch.Tensor:
+    """(N, 2, C) softmax of one teacher on each image (0) and its mirror (1); NaN where undecodable."""
+    net, config = load_artifact(model_dir)
+    net.to(memory_format=torch.channels_last)
+    images = CountFolder(dataset.root, dataset.num_classes, eval_transform(config["image_size"]), overflow=dataset.overflow)
+    loader = DataLoader(IndexedImages(images), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=collate_valid, generator=torch.Generator())
+    out = torch.full((len(images), 2, net.head[-1].out_features), float("nan"))
+    for batch in loader:
+        if batch is None:
+            continue
+        x, idx = batch
+        for side, view in enumerate((x, x.flip(-1))):
+            out[idx, side] = net(view.contiguous(memory_format=torch.channels_last)).softmax(-1)
+    return out
+
+
+def teacher_targets(teachers: list[str | Path], dataset: CountFolder, cache_dir: str | Path,
+                    batch_size: int = 64, num_workers: int = 0) -> torch.Tensor:
+    """The teachers' averaged probabilities for ``dataset``'s images and their mirrors, (N, 2, C).
+
+    Loaded from ``cache_dir`` when the key matches; otherwise every teacher runs once and the file
+    is written atomically.
+    """
+    teachers = check_teachers(teachers)
+    key = json.dumps(teacher_key(teachers, dataset), sort_keys=True)
+    path = Path(cache_dir) / f"teachers-{hashlib.blake2b(key.encode(), digest_size=12).hexdigest()}.pt"
+    if path.is_file():
+        entry = torch.load(path, map_location="cpu", weights_only=True)
+        if entry.get("key") == key:
+            log.info("Teacher targets from cache %s (%d teachers, %d images)", path, len(teachers), len(dataset))
+            return entry["probs"]
+        log.warning("Teacher cache %s holds another key; recomputing", path)
+    probs = torch.stack([_teacher_probabilities(t, dataset, batch_size, num_workers) for t in teachers]).mean(0)
+    decoded = ~probs[:, 0, 0].isnan()
+    targets = torch.tensor(dataset.targets)
+    agree = (probs[decoded, 0].argmax(-1) == targets[decoded]).float().mean().item()
+    log.info("Teacher ensemble on %d training images: argmax agrees with the label on %.1f %%", int(decoded.sum()),
+             100 * agree)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save({"key": key, "probs": probs, "label_agreement": agree,
+                "paths": [str(Path(p).relative_to(dataset.root)) for p, _ in dataset.samples]}, tmp)
+    os.replace(tmp, path)  # atomic: DDP ranks computing side by side never leave a torn file
+    log.info("Teacher targets cached in %s", path)
+    return probs
+
+
+class TeacherTargets(Dataset):
+    """(image, count, teacher probabilities) triples, the image mirrored at p=0.5 when ``hflip``.
+
+    ``dataset`` must use :func:`eval_transform`: the flip happens here, so the soft target is the
+    teachers' answer for the very image returned.
+    """
+
+    def __init__(self, dataset: CountFolder, probs: torch.Tensor, hflip: bool = True):
+        if len(probs) != len(dataset):
+            raise ValueError(f"{len(probs)} teacher targets for {len(dataset)} images")
+        self.dataset = dataset
+        self.probs = probs
+        self.hflip = hflip
+        self.targets = dataset.targets  # BinDataModule's subset and sampler read these
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        item = self.dataset[index]
+        if item is None:
+            return None
+        image, count = item
+        # Same draw, same order as torchvision's RandomHorizontalFlip (flip when rand < p).
+        side = int(self.hflip and bool(torch.rand(1) < 0.5))
+        return (image.flip(-1) if side else image), count, self.probs[index, side]
+
+
+class DistillDataModule(BinDataModule):
+    """BinDataModule whose training batches carry the teachers' averaged probabilities as a third item.
+
+    ``teachers``: exported model folders; ``teacher_cache_dir``: where their predictions are kept
+    (default ``<data_dir>/.teacher_cache``). Validation and test batches are unchanged.
+    """
+
+    def __init__(self, *args, teachers: list[str] | None = None, teacher_cache_dir: str | None = None,
+                 teacher_batch_size: int = 64, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.hparams.dihedral:
+            raise ValueError("Distillation caches the teachers' answers for each image and its horizontal mirror only; "
+                             "set data.dihedral=false")
+        self.teachers = check_teachers(list(teachers or []))  # fail before anything costly
+        self.teacher_cache_dir = Path(teacher_cache_dir) if teacher_cache_dir else self.data_dir / ".teacher_cache"
+        self.teacher_batch_size = teacher_batch_size
+
+    def _split(self, split: str, train: bool):
+        if not train:
+            return super()._split(split, train)
+        plain = super()._split(split, train=False)  # eval transform: TeacherTargets adds the flip
+        probs = teacher_targets(self.teachers, plain, self.teacher_cache_dir, self.teacher_batch_size,
+                                self.hparams.num_workers)
+        return TeacherTargets(plain, probs, hflip=self.hparams.hflip)
