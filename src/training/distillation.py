@@ -99,7 +99,10 @@ def teacher_targets(teachers: list[str | Path], dataset: CountFolder, cache_dir:
             log.info("Teacher targets from cache %s (%d teachers, %d images)", path, len(teachers), len(dataset))
             return entry["probs"]
         log.warning("Teacher cache %s holds another key; recomputing", path)
-    probs = torch.stack([_teacher_probabilities(t, dataset, batch_size, num_workers) for t in teachers]).mean(0)
+    # Building a teacher initialises a network: without the fork a cache miss would move the global
+    # RNG and the run would draw other flips than its rerun from the cache.
+    with torch.random.fork_rng(devices=[]):
+        probs = torch.stack([_teacher_probabilities(t, dataset, batch_size, num_workers) for t in teachers]).mean(0)
     decoded = ~probs[:, 0, 0].isnan()
     targets = torch.tensor(dataset.targets)
     agree = (probs[decoded, 0].argmax(-1) == targets[decoded]).float().mean().item()
