@@ -342,7 +342,7 @@ def markdown(results: dict) -> str:
             for name, m in ens["rows"].items():
                 lines.append(f"| {name} | {fmt(m)} |")
     lines += ["", "Per count, test split (mean over the row's seeds):", ""]
-    lines += class_table(results, ("noema", "main", "main_cuts"))
+    lines += class_table(results, ("noema", "main", "main_cuts", "distill"))
     return "\n".join(lines) + "\n"
 
 
