@@ -174,3 +174,13 @@ def test_diverged_training_stops_with_the_fix(bucket, tmp_path):
     cfg = small_recipe(bucket, tmp_path, "run", "model.optimizer.lr=1000", "trainer.max_epochs=2", "artifact_dir=null")
     with pytest.raises(FloatingPointError, match=r"diverged.*model.optimizer.lr \(now 1000.*data.drop_last=true"):
         train(cfg)
+
+
+def test_a_rerun_on_this_machine_is_not_taken_for_another_machine():
+    """The results table notes a seed's numbers from another CPU only when they differ from this one's."""
+    from benchmarks.abid_results import same_numbers
+
+    here = {"acc": 0.4293, "rmse": 1.0048}
+    assert same_numbers(here, dict(here))
+    assert not same_numbers(here, {"acc": 0.4336, "rmse": 1.0210})
+    assert not same_numbers(here, {"acc": 0.4293, "rmse": 1.0049})
