@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 
 import pytest
@@ -168,6 +169,16 @@ def test_multi_instance_trials_enable_torch_distributed(aws):
     definition = only(rec, "CreateHyperParameterTuningJob")["TrainingJobDefinition"]
     assert definition["ResourceConfig"]["InstanceCount"] == 2
     assert definition["StaticHyperParameters"]["sagemaker_torch_distributed_enabled"] == "true"
+
+
+def test_launches_in_the_same_second_get_their_own_job_names(aws):
+    """Names used to carry the second only: a second tune in that second was refused (ResourceInUse)."""
+    names = [only(launch("tune")[1], "CreateHyperParameterTuningJob")["HyperParameterTuningJobName"] for _ in range(2)]
+    assert names[0] != names[1] and all(len(n) <= 32 and n.startswith("bincount-tune-") for n in names)
+    _, rec = launch("tune", "sagemaker.base_job_name=warehouse-bin-counting-experiments")
+    name = only(rec, "CreateHyperParameterTuningJob")["HyperParameterTuningJobName"]
+    assert len(name) <= 32 and name.startswith("warehous")
+    assert re.search(r"-tune-\d{6}-\d{6}-[0-9a-f]{4}$", name), name  # the base name is cut, not the stamp
 
 
 def test_prepare_runs_prepare_data_in_a_processing_job(aws, tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import secrets
 import sys
 import tempfile
 import time
@@ -49,13 +50,16 @@ class Context:
         recorder.attach(self.boto)  # before any client exists, so every request is seen
         self.session = Session(boto_session=self.boto, default_bucket=self.s3.bucket,
                                default_bucket_prefix=self.s3.prefix or None)
-        self.stamp = time.strftime("%Y%m%d-%H%M%S")
+        # Unique per launch: two launches in one second (a script, a test suite) must not collide.
+        self.stamp = f"{time.strftime('%y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
         self.tmp = tempfile.TemporaryDirectory(prefix="bincount-launch-")
         self.wait = bool(cfg.get("wait")) and not cfg.get("dry_run")
 
     # -- names and places -------------------------------------------------------------------------
-    def name(self, kind: str) -> str:
-        return f"{self.sm.base_job_name}-{kind}-{self.stamp}"[:63]
+    def name(self, kind: str, limit: int = 63) -> str:
+        """``<base_job_name>-<kind>-<stamp>``; a long base name is cut, never the unique stamp."""
+        suffix = f"-{kind}-{self.stamp}"
+        return f"{self.sm.base_job_name[: limit - len(suffix)]}{suffix}"
 
     @property
     def tags(self) -> list[dict[str, str]]:
@@ -222,7 +226,7 @@ def tune(ctx: Context) -> dict[str, Any]:
     """Hyperparameter tuning over the same search space the local Optuna sweep uses."""
     space = load_search_space(ROOT / "configs" / "hparams_search" / f"{ctx.sm.tune.search}.yaml")
     tuner = hyperparameter_tuner(ctx)
-    job_name = f"{ctx.sm.base_job_name}-tune-{ctx.stamp}"[:32]  # tuning job names: 32 characters
+    job_name = ctx.name("tune", limit=32)  # tuning job names: 32 characters
     tuner.tune(inputs=_channels(ctx), job_name=job_name, wait=ctx.wait)
     return {"tuning_job": job_name, "objective": space.objective, "regex": space.metric_regex}
 
