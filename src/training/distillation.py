@@ -13,10 +13,9 @@ the image the student sees.
 
 from __future__ import annotations
 
-import hashlib
+import copy
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,14 @@ from src.data.datamodule import BinDataModule
 from src.data.images import CountFolder
 from src.data.transforms import eval_transform
 from src.inference.artifact import CONFIG_FILE, WEIGHTS_FILE, file_sha256, load_artifact
-from src.training.feature_cache import IndexedImages, collate_valid, image_list_fingerprint
+from src.training.feature_cache import (
+    IndexedImages,
+    collate_valid,
+    image_list_fingerprint,
+    key_digest,
+    load_keyed,
+    save_keyed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,21 +72,31 @@ def teacher_key(teachers: list[Path], dataset: CountFolder) -> dict[str, Any]:
 
 
 @torch.inference_mode()
-def _teacher_probabilities(model_dir: Path, dataset: CountFolder, batch_size: int, num_workers: int) -> torch.Tensor:
-    """(N, 2, C) softmax of one teacher on each image (0) and its mirror (1); NaN where undecodable."""
-    net, config = load_artifact(model_dir)
-    net.to(memory_format=torch.channels_last)
-    images = CountFolder(dataset.root, dataset.num_classes, eval_transform(config["image_size"]), overflow=dataset.overflow)
-    loader = DataLoader(IndexedImages(images), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=collate_valid, generator=torch.Generator())
-    out = torch.full((len(images), 2, net.head[-1].out_features), float("nan"))
-    for batch in loader:
-        if batch is None:
-            continue
-        x, idx = batch
-        for side, view in enumerate((x, x.flip(-1))):
-            out[idx, side] = net(view.contiguous(memory_format=torch.channels_last)).softmax(-1)
-    return out
+def _teacher_probabilities(teachers: list[Path], dataset: CountFolder, batch_size: int, num_workers: int) -> torch.Tensor:
+    """(N, 2, C) mean softmax of the teachers on each image (0) and its mirror (1); NaN where undecodable.
+
+    Each image is decoded once per distinct teacher input size, not once per teacher.
+    """
+    loaded = [load_artifact(t) for t in teachers]
+    num_classes = loaded[0][0].head[-1].out_features
+    total = torch.zeros(len(dataset), 2, num_classes)
+    decoded = torch.zeros(len(dataset), dtype=torch.bool)
+    for size in sorted({int(config["image_size"]) for _, config in loaded}):
+        nets = [net.to(memory_format=torch.channels_last) for net, config in loaded if int(config["image_size"]) == size]
+        images = copy.copy(dataset)  # the same file list, without walking the folder again
+        images.transform = eval_transform(size)
+        loader = DataLoader(IndexedImages(images), batch_size=batch_size, num_workers=num_workers,
+                            collate_fn=collate_valid, generator=torch.Generator())
+        for batch in loader:
+            if batch is None:
+                continue
+            x, idx = batch
+            decoded[idx] = True
+            for side, view in enumerate((x, x.flip(-1))):
+                view = view.contiguous(memory_format=torch.channels_last)
+                total[idx, side] += sum(net(view).softmax(-1) for net in nets)
+    total[~decoded] = float("nan")
+    return total / len(teachers)
 
 
 def teacher_targets(teachers: list[str | Path], dataset: CountFolder, cache_dir: str | Path,
@@ -91,28 +107,23 @@ def teacher_targets(teachers: list[str | Path], dataset: CountFolder, cache_dir:
     is written atomically.
     """
     teachers = check_teachers(teachers)
-    key = json.dumps(teacher_key(teachers, dataset), sort_keys=True)
-    path = Path(cache_dir) / f"teachers-{hashlib.blake2b(key.encode(), digest_size=12).hexdigest()}.pt"
-    if path.is_file():
-        entry = torch.load(path, map_location="cpu", weights_only=True)
-        if entry.get("key") == key:
-            log.info("Teacher targets from cache %s (%d teachers, %d images)", path, len(teachers), len(dataset))
-            return entry["probs"]
-        log.warning("Teacher cache %s holds another key; recomputing", path)
+    key, digest = key_digest(teacher_key(teachers, dataset))
+    path = Path(cache_dir) / f"teachers-{digest}.pt"
+    entry = load_keyed(path, key)
+    if entry is not None:
+        log.info("Teacher targets from cache %s (%d teachers, %d images)", path, len(teachers), len(dataset))
+        return entry["probs"]
     # Building a teacher initialises a network: without the fork a cache miss would move the global
     # RNG and the run would draw other flips than its rerun from the cache.
     with torch.random.fork_rng(devices=[]):
-        probs = torch.stack([_teacher_probabilities(t, dataset, batch_size, num_workers) for t in teachers]).mean(0)
+        probs = _teacher_probabilities(teachers, dataset, batch_size, num_workers)
     decoded = ~probs[:, 0, 0].isnan()
     targets = torch.tensor(dataset.targets)
     agree = (probs[decoded, 0].argmax(-1) == targets[decoded]).float().mean().item()
     log.info("Teacher ensemble on %d training images: argmax agrees with the label on %.1f %%", int(decoded.sum()),
              100 * agree)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save({"key": key, "probs": probs, "label_agreement": agree,
-                "paths": [str(Path(p).relative_to(dataset.root)) for p, _ in dataset.samples]}, tmp)
-    os.replace(tmp, path)  # atomic: DDP ranks computing side by side never leave a torn file
+    save_keyed(path, key, {"probs": probs, "label_agreement": agree,
+                           "paths": [str(Path(p).relative_to(dataset.root)) for p, _ in dataset.samples]})
     log.info("Teacher targets cached in %s", path)
     return probs
 

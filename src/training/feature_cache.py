@@ -75,6 +75,32 @@ def image_list_fingerprint(root: str | Path, samples: list[tuple[str, int]]) -> 
     return digest.hexdigest()
 
 
+# -- keyed cache files ----------------------------------------------------------------------------
+def key_digest(key: dict[str, Any]) -> tuple[str, str]:
+    """(canonical JSON of ``key``, a short hash of it for the file name)."""
+    text = json.dumps(key, sort_keys=True)
+    return text, hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+def load_keyed(path: Path, key: str) -> dict[str, Any] | None:
+    """The entry saved at ``path`` under ``key``, or None (absent, or another key: recompute)."""
+    if not path.is_file():
+        return None
+    entry = torch.load(path, map_location="cpu", weights_only=True)
+    if entry.get("key") == key:
+        return entry
+    log.warning("Cache %s holds another key; recomputing", path)
+    return None
+
+
+def save_keyed(path: Path, key: str, entry: dict[str, Any]) -> None:
+    """Write ``entry`` with its ``key``, atomically: concurrent writers (DDP ranks) never leave a torn file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save({**entry, "key": key}, tmp)
+    os.replace(tmp, path)
+
+
 # -- the cached dataset -------------------------------------------------------------------------
 class CachedFeatures(Dataset):
     """(feature, count) pairs; with ``flipped`` set, each draw picks the flipped variant at p=0.5."""
@@ -161,8 +187,7 @@ class FeatureCache:
         }
 
     def path_for(self, key: dict[str, Any]) -> Path:
-        digest = hashlib.blake2b(json.dumps(key, sort_keys=True).encode(), digest_size=12).hexdigest()
-        return self.root / f"{self.backbone_name}-{digest}.pt"
+        return self.root / f"{self.backbone_name}-{key_digest(key)[1]}.pt"
 
     def load_or_compute(
         self, dataset: CountFolder, image_size: int, flipped: bool = False, device: torch.device | str = "cpu"
@@ -170,18 +195,13 @@ class FeatureCache:
         """``dataset`` must use :func:`eval_transform` (the cache adds the flip itself)."""
         key = self.key(dataset, image_size, flipped)
         path = self.path_for(key)
-        if path.is_file():
-            entry = torch.load(path, map_location="cpu", weights_only=True)
-            if entry.get("key") == json.dumps(key, sort_keys=True):
-                log.info("Feature cache hit: %s (%d images)", path, len(entry["features"]))
-                return CachedFeatures(entry["features"], entry["targets"], entry.get("flipped"))
-            log.warning("Feature cache %s holds another key; recomputing", path)
+        text = key_digest(key)[0]
+        entry = load_keyed(path, text)
+        if entry is not None:
+            log.info("Feature cache hit: %s (%d images)", path, len(entry["features"]))
+            return CachedFeatures(entry["features"], entry["targets"], entry.get("flipped"))
         entry = self._compute(dataset, flipped, torch.device(device), image_size)
-        entry["key"] = json.dumps(key, sort_keys=True)
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save(entry, tmp)
-        os.replace(tmp, path)  # atomic: concurrent writers (DDP ranks) never leave a torn file
+        save_keyed(path, text, entry)
         log.info("Feature cache written: %s (%d images, flipped=%s)", path, len(entry["features"]), flipped)
         return CachedFeatures(entry["features"], entry["targets"], entry.get("flipped"))
 
