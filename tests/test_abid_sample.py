@@ -184,3 +184,26 @@ def test_a_rerun_on_this_machine_is_not_taken_for_another_machine():
     assert same_numbers(here, dict(here))
     assert not same_numbers(here, {"acc": 0.4336, "rmse": 1.0210})
     assert not same_numbers(here, {"acc": 0.4293, "rmse": 1.0049})
+
+
+def test_a_fresh_machine_keeps_recorded_seeds_marked_and_never_calls_them_here(tmp_path, monkeypatch):
+    """With no runs on this machine every recorded seed is starred, and a seed measured on two machines
+    is reported as the table's number against the older one, not as 'here'."""
+    import benchmarks.abid_results as ab
+
+    monkeypatch.setattr(ab, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(ab, "split_counts", lambda split: [10] * ab.K)
+    monkeypatch.setattr(ab, "constant_rows", lambda: {})
+    per_class = {f"{m}_class_{k}": 0.5 for m in ("acc", "rmse") for k in range(ab.K)}
+    recorded = tmp_path / "recorded.json"
+    recorded.write_text(json.dumps({"rows": {"main": {
+        "seeds": {"42": {"metrics": {"acc": 0.396, "rmse": 1.0, **per_class}, "wall_s": 1800}},
+        "other_machine": {"42": {"acc": 0.434, "rmse": 1.021}}}}}))
+
+    results = ab.collect([42], recorded)
+
+    assert results["rows"]["main"]["seeds"][42]["recorded_earlier"] is True
+    text = ab.markdown(results)
+    assert "| 42* | 39.6 % | 1.000 | 30.0 |" in text
+    assert "main, seed 42: 39.6 % | 1.000 in the table (\\*), 43.4 % | 1.021 on the machine of an earlier record" in text
+    assert " here, " not in text
