@@ -186,16 +186,12 @@ class FeatureCache:
             "flipped": bool(flipped),
         }
 
-    def path_for(self, key: dict[str, Any]) -> Path:
-        return self.root / f"{self.backbone_name}-{key_digest(key)[1]}.pt"
-
     def load_or_compute(
         self, dataset: CountFolder, image_size: int, flipped: bool = False, device: torch.device | str = "cpu"
     ) -> CachedFeatures:
         """``dataset`` must use :func:`eval_transform` (the cache adds the flip itself)."""
-        key = self.key(dataset, image_size, flipped)
-        path = self.path_for(key)
-        text = key_digest(key)[0]
+        text, digest = key_digest(self.key(dataset, image_size, flipped))
+        path = self.root / f"{self.backbone_name}-{digest}.pt"
         entry = load_keyed(path, text)
         if entry is not None:
             log.info("Feature cache hit: %s (%d images)", path, len(entry["features"]))
