@@ -128,7 +128,9 @@ def test_evaluate_entry_with_a_checkpoint(tmp_path, capsys):
     assert cfg.backend == "torch" and cfg.model_dir is None
     evaluate_script.run(cfg)
     printed = capsys.readouterr().out
-    assert "abid baseline" in printed and "n = 8 images" in printed
+    # Synthetic images: the published baseline (real photos) is not set beside them.
+    assert "abid baseline" not in printed and "no published baseline" in printed and "n = 8 images" in printed
+    assert "model: resnet18, 64 px" in printed.splitlines()[0]
     for name in ("predictions.csv", "metrics.json", "confusion_matrix.png", "per_class_accuracy.png"):
         assert (out / name).is_file(), name
     saved = json.loads((out / "metrics.json").read_text())
@@ -168,3 +170,134 @@ def test_evaluate_on_real_abid_images(shared_abid, model_dir, tmp_path):
     ]
     assert metrics["constant_predictor"]["majority"]["acc"] == pytest.approx(1 / 6, abs=0.1)
     assert (tmp_path / "out" / "confusion_matrix.png").is_file()
+
+
+def _always_zero_model(path: Path, provenance: dict | None) -> Path:
+    """An artifact whose network answers 0 for every photo (its last linear layer: zero weights, a
+    bias for class 0), with ``provenance`` written into model_config.json as train.py records it."""
+    net = tiny_net(3)
+    last = [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([10.0] + [0.0] * (last.bias.numel() - 1)))
+    model_dir = export_artifact(net, IMAGE_SIZE, "argmax", path)
+    if provenance is not None:
+        config = json.loads((model_dir / "model_config.json").read_text())
+        config["provenance"] = provenance
+        (model_dir / "model_config.json").write_text(json.dumps(config, indent=2))
+    return model_dir
+
+
+def _photos_folder(tmp_path: Path, synthetic_dir: Path) -> Path:
+    """Real ABID photos where the team's sample is present, else synthetic bins renamed like photos."""
+    from tests.helpers import SHARED_ABID
+
+    if (SHARED_ABID / "metadata").is_dir():
+        return abid_folder(SHARED_ABID, tmp_path / "photos")
+    for src in sorted((synthetic_dir / "test").rglob("*.jpg"))[:30]:
+        dest = tmp_path / "photos" / src.parent.name / src.name.replace("syn-", "bin-")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest)
+    return tmp_path / "photos"
+
+
+def test_a_synthetic_model_worse_than_the_constant_on_photos_is_called_out(tmp_path, synthetic_dir, capsys):
+    """evaluate.py prints the warning and report.html shows it as a banner, with the provenance."""
+    import evaluate as evaluate_script
+
+    provenance = {"version": "0.3.0", "code": {"commit": "0123456789abcdef", "dirty": False},
+                  "created": "2026-12-06T03:00:00Z", "data": {"source": "data/synthetic", "kind": "synthetic"},
+                  "test_metrics": {"test/acc": 0.848, "test/rmse": 0.396}}
+    model_dir = _always_zero_model(tmp_path / "model", provenance)
+    photos = _photos_folder(tmp_path, synthetic_dir)
+    out = tmp_path / "run"
+    cfg = compose_cfg("evaluate", [f"model_dir={model_dir}", f"eval_dir={photos}", "num_workers=0", f"output_dir={out}"])
+    metrics = evaluate_script.run(cfg)
+    printed = capsys.readouterr().out
+    assert metrics["eval_data"] == "photos" and metrics["baseline"] is not None
+    assert "WARNING: This model is worse than the constant predictor on these images" in printed
+    assert "trained on synthetic bins only" in printed
+    assert "trained on: synthetic (data/synthetic)" in printed and "bincount 0.3.0, commit 0123456789" in printed
+    assert "its test split: accuracy 84.8 %, RMSE 0.396" in printed
+    kinds = [w["kind"] for w in json.loads((out / "metrics.json").read_text())["warnings"]]
+    assert "worse_than_constant" in kinds and "synthetic_model" in kinds
+    html = (out / "report.html").read_text()
+    banner = html[html.index('id="warnings"'):html.index("</div>", html.index('id="warnings"'))]
+    assert "worse than the constant predictor" in banner and "trained on synthetic bins only" in banner
+    assert 'id="provenance"' in html and "0123456789" in html
+
+
+def test_a_good_model_gets_no_warning_and_synthetic_numbers_no_published_baseline(tmp_path):
+    """The hand set's model beats both constants: no banner, no WARNING line. On synthetic names the
+    abid_challenge baseline (real photos) appears nowhere: not in the table, the tiles or the plot."""
+    from src.evaluation.html_report import write_html_report
+
+    pred = hand_set()
+    pred.names = [f"{t}/syn-test-{i:06d}.jpg" for i, t in enumerate(pred.targets.tolist())]
+    metrics = write_report(pred, tmp_path, 6, {"eval_dir": str(tmp_path / "nowhere")})
+    assert metrics["warnings"] == [] and metrics["eval_data"] == "synthetic" and metrics["baseline"] is None
+    table = summary_table(metrics)
+    assert "WARNING" not in table and "abid baseline" not in table and "55.7" not in table
+    html = write_html_report(pred, metrics, tmp_path, tmp_path).read_text()
+    assert 'id="warnings"' not in html and "worse than the constant" not in html
+    assert "abid_challenge ResNet-34 (published" not in html and "55.67" not in html and "No published baseline here" in html
+
+
+def test_calibration_worse_and_missed_promises_are_reported():
+    from src.evaluation.report import honesty_warnings
+
+    metrics = {"acc": 0.6, "rmse": 0.8, "constant_predictor": {"majority": {"count": 3, "acc": 0.3},
+                                                               "best_rmse": {"count": 2, "rmse": 1.4}},
+               "calibration": {"ece_before": 0.05, "ece_after": 0.12},
+               "selective": {"review_share": 0.4, "accepted_accuracy": 0.71, "review_threshold": 0.6},
+               "reconciliation": {"all": {"match_precision": 0.95, "mismatch_precision": 0.62}},
+               "model": {"calibration": {"target_accuracy": 0.9, "verdict_precision": 0.9}}}
+    texts = {w["text"] for w in honesty_warnings(metrics)}
+    assert any("Calibration made the confidence worse" in t and "0.050 raw -> 0.120" in t for t in texts)
+    assert any("accepted answers (not sent to review) are 71.0 % right here" in t and "90.0 %" in t for t in texts)
+    assert any("'mismatch' verdicts are 62.0 % right" in t for t in texts)
+    assert not any("'match' verdicts" in t for t in texts) and not any("constant" in t for t in texts)
+    # Kept promises, and an artifact that promised nothing, give no warning.
+    metrics["calibration"]["ece_after"] = 0.03
+    metrics["selective"]["accepted_accuracy"] = 0.93
+    metrics["reconciliation"]["all"]["mismatch_precision"] = 0.91
+    assert honesty_warnings(metrics) == []
+    metrics["selective"]["accepted_accuracy"] = 0.5
+    metrics["model"] = {}
+    assert honesty_warnings(metrics) == []
+    table_lines = summary_table({**hand_metrics_with_answers(), "model": {"calibration": {"target_accuracy": 0.9}}})
+    assert "sent to review 40.0 %; accuracy of the accepted answers 71.0 %, target 90.0 % (MISSED)" in table_lines
+
+
+def hand_metrics_with_answers() -> dict:
+    m = build_metrics(hand_set(), 6)
+    m["calibration"] = {"ece_before": 0.1, "ece_after": 0.05}
+    m["selective"] = {"acc_at_50": 0.9, "acc_at_80": 0.8, "review_share": 0.4, "accepted_accuracy": 0.71,
+                      "review_threshold": 0.6}
+    m["reconciliation"] = {"off_by_1": {"roc_auc": 0.7}, "off_by_2": {"roc_auc": 0.8},
+                           "all": {"mismatch_precision": 0.9, "mismatch_recall": 0.3, "review_share": 0.5}}
+    return m
+
+
+def test_missing_eval_folder_names_the_data_option_the_model_was_trained_with(tmp_path):
+    """The quickstart model (data=synthetic) on evaluate.py's default data/abid/test: the error says
+    data=synthetic, read from the run's Hydra record (older artifacts) or the artifact's provenance."""
+    import evaluate as evaluate_script
+
+    run = tmp_path / "logs" / "train" / "runs" / "2026-12-06_03-00-00"
+    model_dir = export_artifact(tiny_net(3), IMAGE_SIZE, "argmax", run / "model")
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "hydra.yaml").write_text("hydra:\n  runtime:\n    choices:\n      data: synthetic\n      model: resnet18\n")
+    cfg = compose_cfg("evaluate", [f"model_dir={model_dir}", f"eval_dir={tmp_path}/data/abid/test"])
+    with pytest.raises(FileNotFoundError, match="trained on synthetic: add data=synthetic"):
+        evaluate_script.run(cfg)
+    # Provenance wins over the run record; a run with its own folder gets eval_dir=<folder>/test.
+    config = json.loads((model_dir / "model_config.json").read_text())
+    config["provenance"] = {"data": {"kind": "abid", "source": "/data/my_abid"}}
+    (model_dir / "model_config.json").write_text(json.dumps(config))
+    with pytest.raises(FileNotFoundError, match="add data=abid eval_dir=/data/my_abid/test"):
+        evaluate_script.run(cfg)
+    # Nothing known: the generic fix, which still names data=synthetic for the quickstart model.
+    bare = export_artifact(tiny_net(3), IMAGE_SIZE, "argmax", tmp_path / "bare" / "model")
+    with pytest.raises(FileNotFoundError, match="data=synthetic for the quickstart model.*prepare_data.py"):
+        evaluate_script.run(compose_cfg("evaluate", [f"model_dir={bare}", f"eval_dir={tmp_path}/none"]))

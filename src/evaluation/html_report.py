@@ -17,8 +17,9 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader
 
 from src.data.images import load_rgb
-from src.evaluation.report import BASELINE
+from src.evaluation.report import BASELINE, baseline_applies, honesty_warnings
 from src.inference.folder import FolderPredictions
+from src.utils.provenance import describe_model
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,28 @@ def class_labels(metrics: dict[str, Any], num_classes: int) -> list[str]:
     if isinstance(classes, list) and len(classes) == num_classes:
         return [str(c) for c in classes]
     return [str(c) for c in range(num_classes)]
+
+
+def warehouse_tiles(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """The two numbers a warehouse acts on, as headline tiles: the share of photos sent to review, and
+    the accuracy of the answers accepted without review against the target the threshold was fitted
+    for (``missed`` when below it). Empty for an artifact without a review threshold."""
+    sel = metrics.get("selective") or {}
+    if "review_share" not in sel:
+        return []
+    target = ((metrics.get("model") or {}).get("calibration") or {}).get("target_accuracy")
+    accepted = sel.get("accepted_accuracy")
+    has_target = isinstance(target, (int, float))
+    missed = has_target and (accepted is None or accepted < target)
+    return [
+        {"id": "headline-review", "title": "sent to review", "value": f"{100 * sel['review_share']:.1f} %",
+         "note": f"below confidence {sel['review_threshold']:.3f}" if isinstance(sel.get("review_threshold"), (int, float)) else "",
+         "missed": False},
+        {"id": "headline-accepted", "title": "accuracy of accepted answers",
+         "value": "-" if accepted is None else f"{100 * accepted:.1f} %",
+         "note": (f"target {100 * target:.0f} %: " + ("missed" if missed else "met")) if has_target else "no target recorded",
+         "missed": missed},
+    ]
 
 
 def answer_tiles(metrics: dict[str, Any]) -> dict[str, str]:
@@ -81,18 +104,18 @@ def png_uri(path: Path) -> str:
 
 
 def _columns(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    """The compared predictors: this model, the published baseline, the constant predictors."""
+    """The compared predictors: this model, the published baseline (real photos only), the constant
+    predictors."""
     consts = metrics["constant_predictor"]
     labels = class_labels(metrics, len(metrics["confusion_matrix"]))
-    columns = [
-        {"name": "this model", "values": metrics, "highlight": True},
-        {"name": BASELINE["name"] + " (published)", "values": {
+    columns = [{"name": "this model", "values": metrics, "highlight": True}]
+    if baseline_applies(metrics):
+        columns.append({"name": BASELINE["name"] + " (published, real photos)", "baseline": True, "values": {
             "acc": BASELINE["acc"], "rmse": BASELINE["rmse"],
             **{f"acc_class_{c}": v for c, v in enumerate(BASELINE["acc_class"])},
             **{f"rmse_class_{c}": v for c, v in enumerate(BASELINE["rmse_class"])},
-        }},
-        {"name": f"always {labels[consts['majority']['count']]} (majority)", "values": consts["majority"]},
-    ]
+        }})
+    columns.append({"name": f"always {labels[consts['majority']['count']]} (majority)", "values": consts["majority"]})
     if consts["best_rmse"]["count"] != consts["majority"]["count"]:
         columns.append({"name": f"always {labels[consts['best_rmse']['count']]} (min RMSE)", "values": consts["best_rmse"]})
     return columns
@@ -119,6 +142,8 @@ def render_report(
             "bars": [{"label": labels[k], "p": p, "is_true": k == t, "is_pred": k == c} for k, p in enumerate(probs)],
         })
     cm = metrics["confusion_matrix"]
+    with_baseline = baseline_applies(metrics)
+    consts = metrics["constant_predictor"]
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, trim_blocks=True, lstrip_blocks=True)
     return env.get_template("report.html.j2").render(
         m=metrics,
@@ -130,6 +155,13 @@ def render_report(
                     "base_acc": BASELINE["acc_class"][c] if c < len(BASELINE["acc_class"]) else None,
                     "base_rmse": BASELINE["rmse_class"][c] if c < len(BASELINE["rmse_class"]) else None}
                    for c in range(len(cm))],
+        with_baseline=with_baseline,
+        baseline=BASELINE,
+        majority={"label": labels[consts["majority"]["count"]], **consts["majority"]},
+        best_rmse={"label": labels[consts["best_rmse"]["count"]], **consts["best_rmse"]},
+        warnings=metrics["warnings"] if "warnings" in metrics else honesty_warnings(metrics),
+        warehouse=warehouse_tiles(metrics),
+        about=describe_model(metrics.get("model")) if metrics.get("model") else {},
         plots=[{"title": p.stem.replace("_", " "), "uri": png_uri(p)} for p in plots],
         gallery=gallery,
         n_wrong=int((pred.counts != pred.targets).sum()),

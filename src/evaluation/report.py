@@ -12,6 +12,7 @@ import torch
 from src.evaluation.answers import answer_metrics, verdicts, write_answer_plots
 from src.inference.folder import FolderPredictions
 from src.models.metrics import metrics_from_confusion
+from src.utils.provenance import describe_model, trained_on_kind
 
 # abid_challenge baseline (ResNet-34 from scratch, full train split, 40 epochs) on its validation split.
 BASELINE = {
@@ -48,6 +49,86 @@ def constant_predictors(cm: torch.Tensor) -> dict[str, dict[str, Any]]:
     }
 
 
+SYNTHETIC_MARKER = ".synthetic.json"  # src.data.synthetic writes it at the root of generated data
+SYNTHETIC_PREFIX = "syn-"  # and names every image syn-<split>-<index>.jpg
+
+
+def eval_data_kind(names: list[str], eval_dir: str | Path | None = None) -> str:
+    """``"synthetic"`` for the project's generated bins, else ``"photos"`` (real or unknown)."""
+    if eval_dir is not None:
+        root = Path(eval_dir)
+        if (root / SYNTHETIC_MARKER).is_file() or (root.parent / SYNTHETIC_MARKER).is_file():
+            return "synthetic"
+    if names and all(Path(n).name.startswith(SYNTHETIC_PREFIX) for n in names):
+        return "synthetic"
+    return "photos"
+
+
+def baseline_applies(metrics: dict[str, Any]) -> bool:
+    """The published baseline was measured on real photos: never set it beside synthetic numbers."""
+    return metrics.get("eval_data") != "synthetic" and metrics.get("baseline", BASELINE) is not None
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v  # not NaN
+
+
+def _fmt_pct(v: float) -> str:
+    return f"{100 * v:.1f} %"
+
+
+def honesty_warnings(metrics: dict[str, Any]) -> list[dict[str, str]]:
+    """What a reader must not miss, each ``{"kind", "text"}``: the model is worse than the constant
+    predictor (``worse_than_constant``), calibration made the confidence worse (``calibration_worse``),
+    a rate the artifact promises was missed on these images (``promise_missed``), the model was trained
+    on synthetic bins and is judged on photos (``synthetic_model``)."""
+    out: list[dict[str, str]] = []
+    consts = metrics.get("constant_predictor") or {}
+    major, best = consts.get("majority") or {}, consts.get("best_rmse") or {}
+    worse = []
+    if _is_num(metrics.get("acc")) and _is_num(major.get("acc")) and metrics["acc"] < major["acc"]:
+        worse.append(f"accuracy {_fmt_pct(metrics['acc'])} vs {_fmt_pct(major['acc'])} for always answering {major['count']}")
+    if _is_num(metrics.get("rmse")) and _is_num(best.get("rmse")) and metrics["rmse"] > best["rmse"]:
+        worse.append(f"RMSE {metrics['rmse']:.3f} vs {best['rmse']:.3f} for always answering {best['count']}")
+    if worse:
+        out.append({"kind": "worse_than_constant", "text": (
+            "This model is worse than the constant predictor on these images: " + "; ".join(worse)
+            + ". Its counts carry no information here: do not act on them.")})
+    cal = metrics.get("calibration") or {}
+    before, after = cal.get("ece_before"), cal.get("ece_after")
+    if _is_num(before) and _is_num(after) and after > before + 1e-9:
+        out.append({"kind": "calibration_worse", "text": (
+            f"Calibration made the confidence worse on these images: ECE {before:.3f} raw -> {after:.3f} with the "
+            f"temperature fitted on the validation split; these images do not behave like that split.")})
+    model_cal = ((metrics.get("model") or {}).get("calibration") or {})
+    sel = metrics.get("selective") or {}
+    target = model_cal.get("target_accuracy")
+    if isinstance(target, (int, float)) and "review_share" in sel:
+        accepted = sel.get("accepted_accuracy")
+        if accepted is None:
+            out.append({"kind": "promise_missed", "text": (
+                f"Every image was sent to review: no answer reached the confidence whose accepted answers were "
+                f"promised {_fmt_pct(target)} accuracy.")})
+        elif accepted < target:
+            out.append({"kind": "promise_missed", "text": (
+                f"Promised rate missed: accepted answers (not sent to review) are {_fmt_pct(accepted)} right here, "
+                f"the review threshold was fitted for {_fmt_pct(target)} ({_fmt_pct(sel['review_share'])} sent to review).")})
+    precision = model_cal.get("verdict_precision")
+    rec = (metrics.get("reconciliation") or {}).get("all") or {}
+    if isinstance(precision, (int, float)):
+        for verdict in ("match", "mismatch"):
+            value = rec.get(f"{verdict}_precision")
+            if _is_num(value) and value < precision:
+                out.append({"kind": "promise_missed", "text": (
+                    f"Promised rate missed: '{verdict}' verdicts are {_fmt_pct(value)} right here (checks against the "
+                    f"true count and counts off by 1 and 2), the thresholds were fitted for {_fmt_pct(precision)}.")})
+    if trained_on_kind(metrics.get("model")) == "synthetic" and metrics.get("eval_data") == "photos":
+        out.append({"kind": "synthetic_model", "text": (
+            "This model was trained on synthetic bins only; these images are not synthetic. Train on real photos "
+            "(experiment=abid_sample) before trusting it on them.")})
+    return out
+
+
 def build_metrics(pred: FolderPredictions, num_classes: int) -> dict[str, Any]:
     cm = confusion(pred.targets, pred.counts, num_classes)
     metrics: dict[str, Any] = metrics_from_confusion(cm)
@@ -76,7 +157,8 @@ def _num(v: float | None) -> str:
 def summary_table(metrics: dict[str, Any]) -> str:
     """Model vs the abid_challenge baseline vs the constant predictors, overall and per class."""
     consts = metrics["constant_predictor"]
-    columns = [("this model", metrics), ("abid baseline", None)]
+    with_baseline = baseline_applies(metrics)
+    columns = [("this model", metrics)] + ([("abid baseline", None)] if with_baseline else [])
     columns.append((f"always {consts['majority']['count']} (majority)", consts["majority"]))
     if consts["best_rmse"]["count"] != consts["majority"]["count"]:
         columns.append((f"always {consts['best_rmse']['count']} (min RMSE)", consts["best_rmse"]))
@@ -88,26 +170,32 @@ def summary_table(metrics: dict[str, Any]) -> str:
             cells.append(fmt(baseline_value) if source is None else fmt(source.get(key)))
         rows.append(cells)
 
-    row("accuracy %", "acc", _pct, BASELINE["acc"])
-    row("RMSE", "rmse", _num, BASELINE["rmse"])
+    base_values = BASELINE if with_baseline else {"acc": None, "rmse": None, "acc_class": [], "rmse_class": []}
+    row("accuracy %", "acc", _pct, base_values["acc"])
+    row("RMSE", "rmse", _num, base_values["rmse"])
     row("MAE", "mae", _num, None)
     row("within one %", "within1", _pct, None)
     num_classes = len(metrics["confusion_matrix"])
     for c in range(num_classes):
-        base = BASELINE["acc_class"][c] if c < len(BASELINE["acc_class"]) else None
+        base = base_values["acc_class"][c] if c < len(base_values["acc_class"]) else None
         row(f"acc count {c} %", f"acc_class_{c}", _pct, base)
     for c in range(num_classes):
-        base = BASELINE["rmse_class"][c] if c < len(BASELINE["rmse_class"]) else None
+        base = base_values["rmse_class"][c] if c < len(base_values["rmse_class"]) else None
         row(f"RMSE count {c}", f"rmse_class_{c}", _num, base)
     header = ["metric"] + [name for name, _ in columns]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     fmt_row = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))  # noqa: E731
-    lines = [fmt_row(header), "  ".join("-" * w for w in widths), *map(fmt_row, rows)]
+    lines = [f"{k}: {v}" for k, v in describe_model(metrics.get("model")).items()] if metrics.get("model") else []
+    lines += [fmt_row(header), "  ".join("-" * w for w in widths), *map(fmt_row, rows)]
     lines += answer_lines(metrics)
     lines.append(
         f"n = {metrics['n']} images ({metrics['n_skipped']} unreadable, excluded); "
-        "the baseline's figures are on the abid_challenge validation split, not these images"
+        + ("the baseline's figures are on the abid_challenge validation split, not these images" if with_baseline else
+           "no published baseline beside these numbers: the images are synthetic, the abid_challenge baseline was "
+           "measured on real photos")
     )
+    warnings = metrics["warnings"] if "warnings" in metrics else honesty_warnings(metrics)
+    lines += [f"WARNING: {w['text']}" for w in warnings]
     return "\n".join(lines)
 
 
@@ -125,6 +213,13 @@ def answer_lines(metrics: dict[str, Any]) -> list[str]:
                      f"{_pct(s['acc_at_50'])} %, at 80 % {_pct(s['acc_at_80'])} %"
                      + (f"; review share {_pct(s['review_share'])} %, accepted accuracy {_pct(s['accepted_accuracy'])} %"
                         if "review_share" in s else ""))
+        target = ((metrics.get("model") or {}).get("calibration") or {}).get("target_accuracy")
+        if "review_share" in s:
+            accepted = s.get("accepted_accuracy")
+            verdict = "" if not isinstance(target, (int, float)) or accepted is None else (
+                " (met)" if accepted >= target else " (MISSED)")
+            lines.append(f"sent to review {_pct(s['review_share'])} %; accuracy of the accepted answers "
+                         f"{_pct(accepted)} %" + (f", target {_pct(target)} %{verdict}" if isinstance(target, (int, float)) else ""))
         r = metrics["reconciliation"]
         lines.append(f"mismatch ROC AUC off by 1: {_num(r['off_by_1']['roc_auc'])}, off by 2: {_num(r['off_by_2']['roc_auc'])}; "
                      f"mismatch precision {_pct(r['all']['mismatch_precision'])} %, recall {_pct(r['all']['mismatch_recall'])} %, "
@@ -191,10 +286,11 @@ def plot_per_class_accuracy(metrics: dict[str, Any], path: Path) -> Path:
     k = len(metrics["confusion_matrix"])
     xs = list(range(k))
     model = [100 * (metrics.get(f"acc_class_{c}") or 0.0) for c in xs]
-    base = [100 * v for v in BASELINE["acc_class"][:k]]
+    base = [100 * v for v in BASELINE["acc_class"][:k]] if baseline_applies(metrics) else []
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    ax.bar([x - 0.2 for x in xs], model, width=0.4, label="this model")
-    ax.bar([x + 0.2 for x in xs[: len(base)]], base, width=0.4, label=BASELINE["name"])
+    ax.bar([x - 0.2 for x in xs] if base else xs, model, width=0.4 if base else 0.6, label="this model")
+    if base:
+        ax.bar([x + 0.2 for x in xs[: len(base)]], base, width=0.4, label=BASELINE["name"] + " (real photos)")
     ax.axhline(100 * metrics["acc"], color="C0", linestyle="--", linewidth=1, label=f"overall {100 * metrics['acc']:.1f} %")
     ax.set(xticks=xs, xlabel="true count", ylabel="accuracy %", ylim=(0, 100), title="Per-class accuracy")
     ax.legend(fontsize=8)
@@ -212,6 +308,10 @@ def write_report(pred: FolderPredictions, out_dir: str | Path, num_classes: int,
     metrics = build_metrics(pred, num_classes)
     if extra:
         metrics.update(extra)
+    metrics["eval_data"] = eval_data_kind(pred.names, metrics.get("eval_dir"))
+    if metrics["eval_data"] == "synthetic":
+        metrics["baseline"] = None  # measured on real photos: not comparable with synthetic numbers
+    metrics["warnings"] = honesty_warnings(metrics)
     write_predictions(pred, out / "predictions.csv")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     plot_confusion(metrics["confusion_matrix"], out / "confusion_matrix.png")
