@@ -54,7 +54,7 @@ def run_manifest(predictor, args) -> int:
 
     try:
         rows = predict_manifest(predictor, args.manifest, batch_size=args.batch_size)
-    except (FileNotFoundError, ValueError) as err:
+    except (OSError, ValueError) as err:  # missing, not a regular file, too large, not CSV
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     if args.out:

@@ -149,7 +149,7 @@ def test_jsonlines_answer_every_line_in_order(predictor):
     assert rows[2]["expected_quantity"] == 2 and rows[2]["p_expected"] == rows[2]["probabilities"][2]
     assert "not valid base64" in rows[1]["error"]
     assert "Could not decode" in rows[3]["error"] and "0x" not in rows[3]["error"]  # no object addresses
-    assert "non-negative integer" in rows[4]["error"] and "'many'" in rows[4]["error"]
+    assert "integer in 0..1000" in rows[4]["error"] and "'many'" in rows[4]["error"]
     assert "99" in rows[5]["error"] and "0..5" in rows[5]["error"]
     assert "exceeds the limit of 25,000,000 pixels" in rows[6]["error"]
     assert "URLs are not fetched" in rows[7]["error"]
@@ -181,9 +181,9 @@ def test_expected_quantity_from_header_query_and_json(client):
     first, second = r.json()["predictions"]
     assert (first["id"], first["expected_quantity"]) == (7, 4) and "expected_quantity" not in second
     for headers, query, fragment in [
-        ({"X-Expected-Quantity": "-1"}, "", "non-negative integer"),
-        ({"X-Expected-Quantity": "2.5"}, "", "non-negative integer"),
-        ({}, "?expected_quantity=abc", "non-negative integer"),
+        ({"X-Expected-Quantity": "-1"}, "", "integer in 0..1000"),
+        ({"X-Expected-Quantity": "2.5"}, "", "integer in 0..1000"),
+        ({}, "?expected_quantity=abc", "integer in 0..1000"),
         ({"X-Expected-Quantity": "6"}, "", "0..5"),  # the model cannot check 6 (no overflow class)
     ]:
         r = client.post(f"/invocations{query}", content=jpeg, headers={"content-type": "image/jpeg", **headers})
@@ -206,7 +206,7 @@ def test_expected_quantity_from_header_query_and_json(client):
     ToolkitContext.request_processor_item.get_request_properties = staticmethod(lambda: {"Accept": "text/csv"})
     assert raise_status(lambda: handler.input_fn(jpeg, "image/jpeg", ToolkitContext()))[0] == 406
     r = client.post("/invocations", json={"image": b64(jpeg), "expected_quantity": True})
-    assert r.status_code == 400 and "non-negative integer" in r.json()["error"]
+    assert r.status_code == 400 and "integer in 0..1000" in r.json()["error"]
     r = client.post("/invocations", json={"image": b64(jpeg)}, headers={"X-Expected-Quantity": "1"})
     assert r.status_code == 400 and "in each image object" in r.json()["error"]
 
@@ -513,3 +513,246 @@ def test_idle_slow_and_malformed_connections_are_closed_with_json(server):
     assert heads and all(status == b"400" and b"application/json" in head for status, head in heads), data[:500]
     assert b"Invalid HTTP request received" in data and b'"status": 400' in data
     assert httpx.get(f"{base}/ping").status_code == 200  # still serving
+
+
+# == issue 27: hostile input, second round ==========================================================
+# -- 1. the manifest reader: type and size checked before anything is read ----------------------------
+@pytest.mark.timeout(60)  # a FIFO row used to hang forever; /dev/zero ran into MemoryError
+def test_manifest_rows_naming_fifos_devices_and_huge_files_fail_alone(predictor, tmp_path):
+    from src.serving.predict import predict_manifest, write_verdicts
+
+    (tmp_path / "good.jpg").write_bytes(photo(1))
+    os.mkfifo(tmp_path / "fifo.jpg")
+    with open(tmp_path / "sparse.jpg", "wb") as f:
+        f.truncate(2 * 1024**3)  # 2 GB, sparse: costs no disk, used to be read whole (21 s, 3 GB)
+    (tmp_path / "zero.jpg").symlink_to("/dev/zero")
+    (tmp_path / "folder.jpg").mkdir()
+    manifest = tmp_path / "bins.csv"
+    manifest.write_text("image,expected_quantity\ngood.jpg,1\nfifo.jpg,1\n/dev/zero,1\nzero.jpg,2\n"
+                        "sparse.jpg,3\nfolder.jpg,0\ngood.jpg,0\n")
+    started = time.monotonic()
+    rows = predict_manifest(predictor, manifest)
+    assert time.monotonic() - started < 20
+    assert [r["row"] for r in rows] == [1, 2, 3, 4, 5, 6, 7]
+    assert "error" not in rows[0] and "error" not in rows[6] and rows[0]["verdict"] in ("match", "mismatch")
+    errors = {r["image"]: r["error"] for r in rows if "error" in r}
+    assert "a FIFO, not a regular file" in errors["fifo.jpg"]
+    assert "a character device, not a regular file" in errors["/dev/zero"]
+    assert "a character device" in errors["zero.jpg"]  # a symlink to a device is the device
+    assert "2,147,483,648 bytes, over the limit of 67,108,864 bytes" in errors["sparse.jpg"]
+    assert "a folder, not a regular file" in errors["folder.jpg"]
+    write_verdicts(rows, tmp_path / "verdicts.csv")  # the failed rows are written with their reason
+    assert (tmp_path / "verdicts.csv").read_text().count("not a regular file") == 4
+
+
+@pytest.mark.timeout(60)
+def test_predict_py_refuses_a_manifest_that_is_no_regular_file(tiny_model_dir, tmp_path, capsys):
+    import predict
+
+    os.mkfifo(tmp_path / "bins.csv")
+    assert predict.main(["--model-dir", str(tiny_model_dir), "--manifest", str(tmp_path / "bins.csv")]) == 2
+    assert "a FIFO, not a regular file" in capsys.readouterr().err
+    assert predict.main(["--model-dir", str(tiny_model_dir), "--manifest", "/dev/zero"]) == 2
+    assert "a character device" in capsys.readouterr().err
+    (tmp_path / "latin1.csv").write_bytes("image,expected_quantity\nb\xe4r.jpg,1\n".encode("latin-1"))
+    assert predict.main(["--model-dir", str(tiny_model_dir), "--manifest", str(tmp_path / "latin1.csv")]) == 2
+    assert "not UTF-8" in capsys.readouterr().err
+    # A big image file named on the command line is refused from its size too.
+    with open(tmp_path / "big.jpg", "wb") as f:
+        f.truncate(100 * 1024**2)
+    (tmp_path / "a.jpg").write_bytes(photo(2))
+    assert predict.main(["--model-dir", str(tiny_model_dir), str(tmp_path / "big.jpg"), str(tmp_path / "a.jpg")]) == 1
+    out = capsys.readouterr()
+    assert len(out.out.strip().splitlines()) == 1 and "over the limit of 67,108,864 bytes" in out.err
+
+
+# -- 2 and 3. the expected quantity: a 400 naming the channel, the problem and the range -------------
+BAD_QUANTITIES = {"10 KB of digits": "7" * 10_000, "superscript two": "\u00b2", "over the range": "1001",
+                  "negative": "-1", "fraction": "2.5"}
+CHANNELS = {  # channel -> (how a raw JPEG request carries the value, the channel's name in the error)
+    "header": (lambda v: ({"X-Expected-Quantity": v}, {}), "X-Expected-Quantity header"),
+    "query": (lambda v: ({}, {"expected_quantity": v}), "?expected_quantity= query"),
+    "custom attributes": (lambda v: ({"X-Amzn-SageMaker-Custom-Attributes": f"trace=1;expected_quantity={v}"}, {}),
+                          "CustomAttributes expected_quantity"),
+}
+
+
+def test_bad_expected_quantities_are_400s_naming_channel_problem_and_range(client):
+    jpeg = photo(4)
+    for channel, (carry, name) in CHANNELS.items():
+        for problem, value in BAD_QUANTITIES.items():
+            headers, params = carry(value)
+            if any(ord(c) > 127 for c in value) and headers:  # httpx sends headers as latin-1 bytes
+                headers = {k: v.encode("utf-8") for k, v in headers.items()}
+            r = client.post("/invocations", content=jpeg, params=params,
+                            headers={"content-type": "image/jpeg", **headers})
+            assert r.status_code == 400, (channel, problem, r.status_code, r.text[:300])
+            error = r.json()["error"]
+            assert error.startswith(name) and "must be an integer in 0..1000" in error, (channel, problem, error)
+            assert len(error) < 400  # the 10 KB value is cut, with its length
+    # In JSON the field names the image; in JSON lines the line fails alone.
+    body = {"images": [{"image": b64(jpeg)}, {"image": b64(jpeg), "expected_quantity": "7" * 10_000}]}
+    r = client.post("/invocations", json=body)
+    assert r.status_code == 400 and r.json()["error"].startswith("body.images[1]: expected_quantity must be "
+                                                                  "an integer in 0..1000, got '7777")
+    lines = [{"id": "ok", "image": b64(jpeg), "expected_quantity": 1}] + [
+        {"id": problem, "image": b64(jpeg), "expected_quantity": value} for problem, value in BAD_QUANTITIES.items()
+    ] + [{"id": "huge int", "image": b64(jpeg), "expected_quantity": 10**4000}]  # json writes it; 4,001 digits
+    r = client.post("/invocations", content="".join(json.dumps(x) + "\n" for x in lines),
+                    headers={"content-type": "application/jsonlines"})
+    assert r.status_code == 200
+    rows = [json.loads(line) for line in r.text.split("\n") if line]
+    assert len(rows) == len(lines) and rows[0]["expected_quantity"] == 1
+    for row, n in zip(rows[1:-1], range(2, len(lines)), strict=True):
+        assert row["status"] == 400 and row["error"].startswith(f"line {n}: expected_quantity must be an integer "
+                                                                "in 0..1000"), row
+    assert rows[-1]["status"] == 400 and "4,001 digits" in rows[-1]["error"]
+    # Within 0..1000 but beyond what the model counts: still a 400 naming the channel and its range.
+    r = client.post("/invocations", content=jpeg, headers={"content-type": "image/jpeg", "X-Expected-Quantity": "7"})
+    assert r.status_code == 400 and r.json()["error"].startswith("X-Expected-Quantity header: expected quantity 7")
+    assert "0..5" in r.json()["error"]
+
+
+def test_sagemaker_custom_attributes_channel_is_checked_like_the_others():
+    class Context:
+        def __init__(self, attributes):
+            self.request_processor = [self]
+            self.attributes = attributes
+
+        def get_request_properties(self):
+            return {"X-Amzn-SageMaker-Custom-Attributes": self.attributes}
+
+    for value in BAD_QUANTITIES.values():
+        status, detail = raise_status(lambda: handler.input_fn(photo(1), "image/jpeg", Context(f"expected_quantity={value}")))
+        assert status == 400 and detail.startswith("CustomAttributes expected_quantity") and "0..1000" in detail
+    status, detail = raise_status(lambda: handler.input_fn(photo(1), "image/jpeg",
+                                                           Context("expected_quantity=2;expected_quantity=3")))
+    assert status == 400 and "different values" in detail
+
+
+def test_disagreeing_or_repeated_expected_quantities_are_refused(client):
+    jpeg = photo(5)
+
+    def post(headers: list[tuple[str, str]], query: str = ""):
+        return client.post(f"/invocations{query}", content=jpeg, headers=[("content-type", "image/jpeg"), *headers])
+
+    refused = {
+        "header vs query": post([("X-Expected-Quantity", "3")], "?expected_quantity=5"),
+        "repeated header": post([("X-Expected-Quantity", "3"), ("X-Expected-Quantity", "5")]),
+        "repeated query": post([], "?expected_quantity=3&expected_quantity=5"),
+        "repeated custom attribute": post([("X-Amzn-SageMaker-Custom-Attributes", "expected_quantity=3,expected_quantity=5")]),
+        "header vs custom attribute": post([("X-Expected-Quantity", "3"),
+                                            ("X-Amzn-SageMaker-Custom-Attributes", "expected_quantity=4")]),
+    }
+    for case, r in refused.items():
+        assert r.status_code == 400, (case, r.text)
+        error = r.json()["error"]
+        assert "different values" in error and "send it once" in error, (case, error)
+    r = post([("X-Expected-Quantity", "3")], "?expected_quantity=3")  # the same value twice: no ambiguity
+    assert r.status_code == 200 and r.json()["predictions"][0]["expected_quantity"] == 3
+    r = post([("X-Expected-Quantity", "3")], "?expected_quantity=5")
+    assert "X-Expected-Quantity header = 3" in r.json()["error"] and "?expected_quantity= query = 5" in r.json()["error"]
+
+
+# -- 7. strict JSON out: NaN / Infinity ids are refused, never echoed ------------------------------------
+def strict_loads(text: str):
+    def refuse(name):
+        raise AssertionError(f"non-JSON constant {name} in a response")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_non_finite_ids_are_refused_and_responses_are_strict_json(client):
+    jpeg = b64(photo(6))
+    for raw in ("NaN", "Infinity", "-Infinity", "1e400"):
+        r = client.post("/invocations", content=f'{{"image": "{jpeg}", "id": {raw}}}',
+                        headers={"content-type": "application/json"})
+        assert r.status_code == 400, (raw, r.text[:200])
+        assert "invalid JSON" in strict_loads(r.text)["error"] and "send ids as strings" in r.text
+        r = client.post("/invocations", content=f'{{"id": "ok", "image": "{jpeg}"}}\n{{"image": "{jpeg}", "id": {raw}}}\n',
+                        headers={"content-type": "application/jsonlines"})
+        rows = [strict_loads(line) for line in r.text.split("\n") if line]
+        assert r.status_code == 200 and rows[0]["id"] == "ok" and rows[1]["status"] == 400, r.text[:300]
+    assert handler.strict_json({"id": "nan"}) == '{"id": "nan"}'
+    with pytest.raises(ValueError):
+        handler.strict_json({"id": float("nan")})  # never written as bare NaN
+    status, detail = raise_status(lambda: handler._record_id(float("inf"), "body"))
+    assert status == 400 and "finite" in detail
+
+
+# -- 14. JSON lines split on \n and \r\n only ----------------------------------------------------------
+def test_jsonlines_keep_u2028_inside_a_line(client):
+    jpeg = b64(photo(7))
+    lines = [{"id": "a\u2028b\u2029c\x85d\x0be", "image": jpeg}, {"id": "two", "image": jpeg}]
+    body = json.dumps(lines[0], ensure_ascii=False) + "\r\n" + json.dumps(lines[1], ensure_ascii=False) + "\n"
+    assert "\u2028" in body and len(body.splitlines()) > 2  # what used to break the line count
+    r = client.post("/invocations", content=body.encode(), headers={"content-type": "application/jsonlines"})
+    assert r.status_code == 200
+    rows = [strict_loads(line) for line in r.text.split("\n") if line]
+    assert [row["id"] for row in rows] == [lines[0]["id"], "two"] and all("count" in row for row in rows)
+    assert "\u2028" not in r.text and r.text.count("\n") == 2  # ASCII out: one answer per line
+
+
+# -- 9. CSV injection in verdicts.csv --------------------------------------------------------------------
+def test_verdicts_csv_neutralises_spreadsheet_formulas(tmp_path):
+    import csv
+
+    from src.serving.predict import spreadsheet_safe, write_verdicts
+
+    hostile = ["=HYPERLINK(\"http://x\",\"a\")", "+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx"]
+    rows = [{"row": i + 1, "image": name, "expected_quantity": name, "count": 2, "confidence": 0.5, "review": False,
+             "error": name} for i, name in enumerate(hostile)]
+    rows.append({"row": 7, "image": "bins/ok.jpg", "expected_quantity": 3, "count": 3, "p_expected": 0.9,
+                 "verdict": "match"})
+    with open(write_verdicts(rows, tmp_path / "verdicts.csv"), newline="") as f:
+        written = list(csv.DictReader(f))
+    for row, name in zip(written, hostile, strict=False):
+        assert row["image"] == row["expected_quantity"] == row["error"] == "'" + name
+        assert row["count"] == "2" and row["review"] == "false"
+    assert written[6]["image"] == "bins/ok.jpg" and written[6]["expected_quantity"] == "3"
+    assert written[6]["p_expected"] == "0.9"
+    assert spreadsheet_safe(-1) == -1 and spreadsheet_safe("a=b") == "a=b"  # numbers and inner signs stay
+
+
+# -- 11. security headers on every response ---------------------------------------------------------------
+SECURITY = {"content-security-policy", "x-content-type-options", "x-frame-options"}
+
+
+def assert_secured(headers) -> None:
+    got = {k.lower(): v for k, v in headers.items()}
+    assert SECURITY <= set(got), got
+    assert got["x-content-type-options"] == "nosniff" and got["x-frame-options"] == "DENY"
+    csp = got["content-security-policy"]
+    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
+
+
+def test_every_response_carries_the_security_headers(predictor, monkeypatch):
+    from src.serving.app import STATIC_DIR
+
+    page = (STATIC_DIR / "index.html").read_text()
+    # The policy allows only same-origin scripts and styles: the page must have no inline ones.
+    assert re.findall(r"<script\b[^>]*>", page) == ['<script src="static/app.js" defer>']
+    assert "<style" not in page and " style=" not in page and not re.search(r"\son[a-z]+=", page)
+    app = create_app(predictor, limits=Limits(max_body_bytes=1000))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        responses = {
+            "page": c.get("/"), "script": c.get("/static/app.js"), "style": c.get("/static/style.css"),
+            "ping": c.get("/ping"), "model": c.get("/model"), "metrics": c.get("/metrics"),
+            "404": c.get("/nope"), "405": c.get("/invocations"), "400": c.post("/invocations", content=b"x",
+                                                                               headers={"content-type": "image/png"}),
+            "413": c.post("/invocations", content=b"x" * 2000, headers={"content-type": "image/png"}),
+            "415": c.post("/invocations", content=b"x", headers={"content-type": "text/plain"}),
+        }
+    for name, r in responses.items():
+        assert_secured(r.headers), name
+    assert responses["script"].headers["content-type"].startswith("text/javascript")
+    assert responses["405"].status_code == 405 and responses["405"].json()["status"] == 405
+    # A 500 (a bug) passes through the same layer.
+    def boom(_):
+        raise RuntimeError("boom")
+
+    with TestClient(create_app(predictor), raise_server_exceptions=False) as c:
+        monkeypatch.setattr(predictor, "probabilities", boom)
+        r = c.post("/invocations", content=photo(1), headers={"content-type": "image/jpeg"})
+    assert r.status_code == 500 and r.json() == {"error": "Internal error: RuntimeError", "status": 500}
+    assert_secured(r.headers)

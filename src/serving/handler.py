@@ -25,6 +25,7 @@ import base64
 import binascii
 import io
 import json
+import math
 import os
 import re
 import warnings
@@ -48,9 +49,16 @@ ACCEPT_TYPES = (JSON_TYPE, *JSONLINES_TYPES)
 DEFAULT_ACCEPT_ENV = "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT"  # the toolkit's default for a missing or */* Accept
 IMAGE_FORMATS = ("JPEG", "PNG")
 MAX_ID_CHARS = 256
+# The largest expected quantity any request may carry (a bin never holds more; the model's own range,
+# e.g. 0..5, is checked after this): it bounds the digits parsed, far below Python's 4,300-digit int().
+MAX_EXPECTED_QUANTITY = 1000
 EXPECTED_HEADER = "X-Expected-Quantity"
 # InvokeEndpoint forwards no custom header but this one: CustomAttributes="expected_quantity=3".
 CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
+# Where an expected quantity of a raw-image request came from: every error names its channel.
+HEADER_CHANNEL = f"{EXPECTED_HEADER} header"
+QUERY_CHANNEL = "?expected_quantity= query"
+CUSTOM_ATTRIBUTES_CHANNEL = f"CustomAttributes expected_quantity ({CUSTOM_ATTRIBUTES_HEADER} header)"
 
 try:  # inside the SageMaker container, its toolkit turns these into HTTP status codes
     from sagemaker_inference.errors import BaseInferenceToolkitError as _ToolkitError
@@ -59,13 +67,15 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 
 class RequestError(_ToolkitError or Exception):
-    """A client error with its HTTP status; ``body`` is the JSON error response."""
+    """A client error with its HTTP status; ``body`` is the JSON error response; ``headers``: extra
+    response headers (``Retry-After``, ``Connection: close``)."""
 
     status_code = 400
     phrase = "Bad Request"
 
-    def __init__(self, detail: str):
+    def __init__(self, detail: str, headers: dict[str, str] | None = None):
         self.detail = detail
+        self.headers = dict(headers or {})
         self.body = json.dumps({"error": detail, "status": self.status_code})
         if _ToolkitError is not None:
             super().__init__(self.status_code, self.body, self.phrase)
@@ -96,6 +106,16 @@ class UnsupportedMediaType(RequestError):
     status_code, phrase = 415, "Unsupported Media Type"
 
 
+class ServiceUnavailable(RequestError):
+    status_code, phrase = 503, "Service Unavailable"
+
+
+class ClientClosed(RequestError):
+    """The client went away before its body arrived: nobody reads the answer (nginx's 499)."""
+
+    status_code, phrase = 499, "Client Closed Request"
+
+
 @dataclass
 class Record:
     """One image of a request: its bytes (header checked, pixels not decoded yet) or its error."""
@@ -105,6 +125,7 @@ class Record:
     expected: int | None = None
     pixels: int = 0
     error: RequestError | None = None
+    where: str = "body"  # the channel of ``expected``, named in its errors
 
 
 @dataclass
@@ -185,33 +206,76 @@ def decode_base64(text: Any, where: str) -> bytes:
         raise BadRequest(f"{where}: not valid base64") from None
 
 
+def _shown(value: Any) -> str:
+    """A client's value for an error message: short, and safe for ints past Python's digit limit."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"an integer of {value.bit_length():,} bits"
+    if isinstance(value, str) and len(value) > 40:
+        return f"{value[:40]!r}... ({len(value):,} characters)"
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:40]}..."
+
+
 def parse_expected(value: Any, where: str) -> int | None:
-    """A non-negative integer (JSON number, or digits from a header/query), or None when absent."""
+    """An integer in ``0..MAX_EXPECTED_QUANTITY`` (a JSON number, or ASCII digits from a header,
+    query or JSON string), or None when absent; otherwise a 400 naming ``where`` and the range."""
     if value is None:
         return None
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value.strip())
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        shown = value if len(repr(value)) <= 40 else f"{repr(value)[:40]}..."
-        raise BadRequest(f"{where}: expected_quantity must be a non-negative integer, got {shown!r}")
-    return value
+    parsed = value
+    if isinstance(value, str):
+        text = value.strip()
+        # isascii: '²' passes isdigit but not int(); the length check keeps int() far from 4,300 digits
+        parsed = int(text) if text.isascii() and text.isdigit() and len(text) <= 9 else None
+    if isinstance(parsed, bool) or not isinstance(parsed, int) or not 0 <= parsed <= MAX_EXPECTED_QUANTITY:
+        raise BadRequest(f"{where}: expected_quantity must be an integer in 0..{MAX_EXPECTED_QUANTITY}, "
+                         f"got {_shown(value)}")
+    return parsed
 
 
-def expected_from_request(headers: Any, query: str | None = None) -> str | None:
-    """The raw expected quantity of a raw-image request: the ``X-Expected-Quantity`` header, else
-    ``?expected_quantity=``, else ``expected_quantity=N`` in SageMaker's CustomAttributes header.
-    ``headers`` is any mapping; names are matched case-insensitively."""
-    lowered = {str(k).lower(): (v.decode() if isinstance(v, bytes) else v) for k, v in dict(headers or {}).items()}
-    value = lowered.get(EXPECTED_HEADER.lower(), query)
-    if value is None and CUSTOM_ATTRIBUTES_HEADER.lower() in lowered:
-        for item in re.split(r"[;,]", str(lowered[CUSTOM_ATTRIBUTES_HEADER.lower()])):
-            key, _, raw = item.partition("=")
-            if key.strip() == "expected_quantity":
-                value = raw.strip()
-    return value
+@dataclass(frozen=True)
+class Expected:
+    """A raw-image request's expected quantity and the channel it came in."""
+
+    value: int
+    where: str
+
+
+def _header_items(headers: Any) -> list[tuple[str, str]]:
+    """Every (lower-case name, value), repeats kept: a Starlette ``Headers`` or any mapping."""
+    items = headers.items() if headers is not None else []
+    text = lambda v: v.decode("latin-1") if isinstance(v, bytes) else str(v)  # noqa: E731
+    return [(text(k).lower(), text(v)) for k, v in items]
+
+
+def expected_from_request(headers: Any, query: str | list[str] | None = None) -> Expected | None:
+    """The expected quantity of a raw-image request, from every channel: the ``X-Expected-Quantity``
+    header, ``?expected_quantity=`` (``query``: its value or all its values) and
+    ``expected_quantity=N`` in SageMaker's CustomAttributes header. Each value is checked
+    (``parse_expected``, naming its channel); values that disagree, across channels or repeated in
+    one, are a 400: the server never picks a winner. ``headers``: any mapping, or Starlette's
+    ``Headers`` (repeated headers count); names are matched case-insensitively."""
+    found: list[tuple[str, str]] = []
+    queries = [query] if isinstance(query, str) else list(query or [])
+    for name, value in _header_items(headers):
+        if name == EXPECTED_HEADER.lower():
+            found.append((HEADER_CHANNEL, value))
+        elif name == CUSTOM_ATTRIBUTES_HEADER.lower():
+            for item in re.split(r"[;,]", value):
+                key, _, raw = item.partition("=")
+                if key.strip() == "expected_quantity":
+                    found.append((CUSTOM_ATTRIBUTES_CHANNEL, raw))
+    found += [(QUERY_CHANNEL, q) for q in queries]
+    parsed = [Expected(parse_expected(raw, where), where) for where, raw in found]  # type: ignore[arg-type]
+    if len({e.value for e in parsed}) > 1:
+        given = ", ".join(f"{e.where} = {e.value}" for e in parsed)
+        raise BadRequest(f"expected_quantity given more than once with different values ({given}); "
+                         "send it once, in one channel")
+    return parsed[0] if parsed else None
 
 
 def _record_id(value: Any, where: str) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):  # NaN / Infinity are not JSON: never echoed
+        raise BadRequest(f"{where}.id: must be a string or a finite number, got {value!r}; send ids as strings")
     if value is None or (isinstance(value, (str, int, float)) and not isinstance(value, bool)
                          and len(str(value)) <= MAX_ID_CHARS):
         return value
@@ -224,18 +288,36 @@ def _record(item: Any, where: str, max_pixels: int) -> Record:
         if "image" not in item:
             raise BadRequest(f"{where}: expected {{\"image\": <base64>, \"id\": ..., \"expected_quantity\": n}}")
         record = Record(id=_record_id(item.get("id"), where),
-                        expected=parse_expected(item.get("expected_quantity"), where))
+                        expected=parse_expected(item.get("expected_quantity"), where), where=where)
         data = decode_base64(item["image"], f"{where}.image")
     else:
-        record, data = Record(), decode_base64(item, where)
+        record, data = Record(where=where), decode_base64(item, where)
     image = open_image(data, max_pixels)
     record.data, record.pixels = data, image.size[0] * image.size[1]
     return record
 
 
 def _parse_json(text: str, where: str) -> Any:
+    """Strict JSON: ``NaN``, ``Infinity`` and numbers that overflow a float (``1e400``) are refused,
+    so nothing non-finite is ever echoed into a response."""
+
+    def constant(name: str) -> Any:
+        raise BadRequest(f"{where}: invalid JSON ({name} is not a JSON value); send ids as strings")
+
+    def integer(digits: str) -> int:  # int() past 4,300 digits raises; long ones are slow before that
+        if len(digits) > 64:
+            raise BadRequest(f"{where}: invalid JSON (a number of {len(digits):,} digits; ids and "
+                             f"expected quantities (0..{MAX_EXPECTED_QUANTITY}) are far shorter)")
+        return int(digits)
+
+    def finite(number: str) -> float:
+        value = float(number)
+        if not math.isfinite(value):
+            raise BadRequest(f"{where}: invalid JSON (the number {_shown(number)} overflows); send ids as strings")
+        return value
+
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=constant, parse_float=finite, parse_int=integer)
     except RecursionError:  # the C parser recurses per level: a 1,000-deep body would be a 500
         raise BadRequest(f"{where}: JSON nested too deeply; send {{\"image\": <base64>}} objects") from None
     except ValueError as err:
@@ -291,12 +373,14 @@ def decode_request(
     max_body_bytes: int | None = None,
     *,
     limits: Limits | None = None,
-    expected_quantity: str | int | None = None,
+    expected_quantity: Expected | str | int | None = None,
+    expected_where: str = HEADER_CHANNEL,
 ) -> Batch:
     """Request body + content type -> a checked ``Batch``; raises a ``RequestError`` with the status.
 
     Sizes, image counts and pixel budgets are checked from the image headers, before any decoding.
-    ``expected_quantity`` is the header/query value that goes with a raw image body.
+    ``expected_quantity`` is the header/query value that goes with a raw image body (an int, a raw
+    string, or an ``Expected`` from ``expected_from_request``), ``expected_where`` its channel.
     """
     overrides = {k: v for k, v in (("max_pixels", max_pixels), ("max_body_bytes", max_body_bytes)) if v is not None}
     limits = replace(limits or Limits(), **overrides)
@@ -305,17 +389,21 @@ def decode_request(
         body = body.encode()
     if len(body) > limits.max_body_bytes:
         raise PayloadTooLarge(f"Request body of {len(body):,} bytes exceeds the limit of {limits.max_body_bytes:,} bytes")
+    if isinstance(expected_quantity, Expected):
+        expected_quantity, expected_where = expected_quantity.value, expected_quantity.where
     if ctype in IMAGE_TYPES:
-        expected = parse_expected(expected_quantity, EXPECTED_HEADER)
+        expected = parse_expected(expected_quantity, expected_where)
         image = open_image(bytes(body), limits.max_pixels)
-        return Batch([Record(bytes(body), expected=expected, pixels=image.size[0] * image.size[1])])
+        return Batch([Record(bytes(body), expected=expected, pixels=image.size[0] * image.size[1],
+                             where=expected_where)])
     if ctype != JSON_TYPE and ctype not in JSONLINES_TYPES:
         raise UnsupportedMediaType(
             f"Unsupported content type {content_type!r}; use one of: {', '.join(IMAGE_TYPES + ACCEPT_TYPES)}"
         )
     if expected_quantity is not None:
-        raise BadRequest(f"{EXPECTED_HEADER} / ?expected_quantity= go with a raw image body; in JSON, put "
-                         "\"expected_quantity\" in each image object")
+        raise BadRequest(f"{expected_where}: an expected quantity outside the body (the {EXPECTED_HEADER} "
+                         "header, ?expected_quantity=, CustomAttributes) goes with a raw image body; in JSON, "
+                         "put \"expected_quantity\" in each image object")
     try:
         text = bytes(body).decode("utf-8")
     except UnicodeDecodeError:
@@ -323,7 +411,10 @@ def decode_request(
     if ctype == JSON_TYPE:
         batch = Batch(_json_records(text, limits))
     else:
-        lines = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+        # Only \n (and \r\n) end a line: str.splitlines() would also split on U+2028/U+2029 and
+        # others, which are legal inside JSON strings, and break one answer per line.
+        lines = [(n, line) for n, line in enumerate(text.split("\n"), start=1)
+                 if line.strip(" \t\r")]  # JSON's own whitespace only
         if not lines:
             raise BadRequest("No JSON lines in the request body")
         if len(lines) > limits.max_images:
@@ -381,12 +472,19 @@ def choose_accept(accept: str | None, lines: bool) -> str:
     raise NotAcceptable(f"Cannot answer with {accept[:200]!r}; accepted: {', '.join(ACCEPT_TYPES)}")
 
 
+def strict_json(obj: Any) -> str:
+    """``json.dumps`` that never writes ``NaN``/``Infinity`` (invalid JSON for strict parsers): a
+    non-finite number raises ``ValueError`` (a 500: ids are refused at parsing, probabilities are
+    checked at start-up). ASCII output: no U+2028/U+2029 inside a line."""
+    return json.dumps(obj, allow_nan=False)
+
+
 def encode_response(prediction: Prediction, accept: str | None) -> tuple[str, str]:
     """(body, content type)."""
     kind = choose_accept(accept, prediction.lines)
     if kind in JSONLINES_TYPES:
-        return "".join(json.dumps(r) + "\n" for r in prediction.results), kind
-    return json.dumps({"predictions": prediction.results}), kind
+        return "".join(strict_json(r) + "\n" for r in prediction.results), kind
+    return strict_json({"predictions": prediction.results}), kind
 
 
 # -- prediction ----------------------------------------------------------------------------------------
@@ -410,7 +508,7 @@ def predict_batch(
             try:
                 model.check_expected(record.expected)
             except ValueError as err:
-                fail(i, BadRequest(str(err)))
+                fail(i, BadRequest(f"{record.where}: {err}"))
     results: list[dict[str, Any] | None] = [None] * len(records)
     todo = [i for i, r in enumerate(records) if r.error is None]
     for start in range(0, len(todo), batch_size):

@@ -27,8 +27,12 @@ def serve(
     max_header_bytes: int = 16384,
     limit_concurrency: int | None = None,
     micro_batching: dict[str, Any] | None = None,
+    max_queue: int | None = 32,
+    retry_after_s: int = 1,
 ) -> None:
     """Load and check the artifact once (a broken one exits with one line), then serve it with uvicorn."""
+    import logging
+
     import torch
 
     from src.serving.app import create_app, run
@@ -48,6 +52,11 @@ def serve(
         from src.serving.batching import with_micro_batching
 
         predictor = with_micro_batching(predictor, batching["max_batch"], batching["max_wait_ms"])
-    app = create_app(predictor, limits=limits, body_timeout_s=body_timeout_s, workers=workers, check=False)
+    try:
+        app = create_app(predictor, limits=limits, body_timeout_s=body_timeout_s, workers=workers, check=False,
+                         max_queue=max_queue, retry_after_s=retry_after_s)
+    except ValueError as err:
+        sys.exit(f"serve: {err}")
+    logging.getLogger("bincount.access").setLevel(log_level.upper())  # one line per request at info
     run(app, host=host, port=port, log_level=log_level, timeout_keep_alive=timeout_keep_alive,
         header_timeout_s=header_timeout_s, max_header_bytes=max_header_bytes, limit_concurrency=limit_concurrency)
