@@ -144,6 +144,18 @@ def test_page_shows_count_bars_and_the_servers_415(browser, server, photo, tmp_p
     assert "chosen" in bars[answer["count"]].get_attribute("class")
     assert jpeg_card.find_element(By.CSS_SELECTOR, ".photo").get_property("naturalWidth") > 0
 
+    # A click on the thumbnail shows the photo larger; a click anywhere (or Escape) closes it.
+    thumbnail = jpeg_card.find_element(By.CSS_SELECTOR, ".photo")
+    thumbnail.click()
+    viewer = browser.find_element(By.ID, "viewer")
+    WebDriverWait(browser, 10).until(lambda d: viewer.is_displayed())
+    large = browser.find_element(By.ID, "viewer-img")
+    assert large.get_property("naturalWidth") > 0 and large.size["width"] >= 3 * thumbnail.size["width"]
+    assert browser.find_element(By.ID, "viewer-caption").text == photo.name
+    browser.save_screenshot(str(screenshots / "page_enlarged.png"))
+    viewer.click()
+    WebDriverWait(browser, 10).until(lambda d: not viewer.is_displayed())
+
     refused = httpx.post(f"{server}/invocations", content=b"not a photo", headers={"Content-Type": "text/plain"})
     assert refused.status_code == 415
     assert text_card.get_attribute("data-state") == "error"
@@ -157,6 +169,99 @@ def test_page_shows_count_bars_and_the_servers_415(browser, server, photo, tmp_p
     assert f"p(2) = {100 * answer['probabilities'][2]:.1f} %" in jpeg_card.text
     browser.save_screenshot(str(screenshots / "page.png"))
     assert (screenshots / "page.png").stat().st_size > 0
+
+
+def test_page_says_which_model_is_loaded(browser, server):
+    """From GET /model: the network and what it was trained on; a server without it (404) or an
+    artifact without provenance still gives a readable line."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server + "/")
+    line = browser.find_element(By.ID, "model")
+    WebDriverWait(browser, 30).until(lambda d: line.get_attribute("data-state"))
+    described = httpx.get(f"{server}/model")
+    if described.status_code == 200:
+        body = described.json()
+        assert line.get_attribute("data-state") == "known"
+        assert line.text.startswith(f"Model: {body['model']['net']['name']}, {body['model']['image_size']} px")
+        data = (body.get("provenance") or {}).get("data") or {}
+        assert (f"trained on {data['kind']}" if data.get("kind") else "training data not recorded") in line.text
+    else:
+        assert line.get_attribute("data-state") == "unknown" and "does not say which model" in line.text
+
+
+def test_page_describes_a_model_with_provenance_and_without(browser, server):
+    """describeModel on the documented GET /model shapes, run in the page itself."""
+    browser.get(server + "/")
+    describe = "return describeModel(arguments[0]);"
+    full = {"model": {"net": {"name": "mobilenet_v2"}, "image_size": 160, "decision_rule": "expected",
+                      "classes": [0, 1, 2, 3, 4, 5, 6]},
+            "provenance": {"version": "0.3.0", "created": "2026-12-06",
+                           "data": {"kind": "abid", "source": "data/abid_sample"}}}
+    assert browser.execute_script(describe, full) == ("Model: mobilenet_v2, 160 px, expected rule, 7 classes; trained on "
+                                                      "abid (data/abid_sample); bincount 0.3.0, created 2026-12-06")
+    assert browser.execute_script(describe, {**full, "provenance": None}).endswith("; training data not recorded")
+
+
+def test_page_checks_a_manifest_like_predict_manifest(browser, server, photo, tmp_path, tiny_model_dir, screenshots):
+    """A CSV (image,expected_quantity) and its photos, picked in the page: one row per manifest row with
+    the verdict, count and p_expected predict.py --manifest gives, and the bad rows' errors in place."""
+    import shutil as sh
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from src.serving.predict import predict_manifest
+
+    photos = tmp_path / "bins"
+    photos.mkdir()
+    first, second = sh.copy(photo, photos / "00017.jpg"), sh.copy(photo, photos / "00018.jpg")
+    manifest = tmp_path / "bins.csv"
+    manifest.write_text("\ufeffimage,expected_quantity,note\r\n"
+                        "bins/00017.jpg,2,\"a, quoted note\"\r\nbins/00018.jpg,0,\r\n"
+                        "bins/00017.jpg,x,\r\nbins/00018.jpg,9,\r\nbins/missing.jpg,1,\r\n", encoding="utf-8")
+    expected = predict_manifest(CountPredictor.from_model_dir(tiny_model_dir), manifest)
+
+    browser.get(server + "/")
+    browser.find_element(By.ID, "manifest-csv").send_keys(str(manifest))
+    browser.find_element(By.ID, "manifest-photos").send_keys(f"{first}\n{second}")
+    browser.find_element(By.ID, "manifest-run").click()
+    status = browser.find_element(By.ID, "manifest-status")
+    WebDriverWait(browser, 60).until(lambda d: status.get_attribute("data-state") == "done")
+    assert status.text == "5 rows checked, 3 with an error (in its row)."
+    rows = browser.find_elements(By.CSS_SELECTOR, "#manifest-results tbody tr")
+    assert len(rows) == len(expected) == 5
+    for tr, want in zip(rows, expected, strict=True):
+        cells = [td.text for td in tr.find_elements(By.TAG_NAME, "td")]
+        assert cells[0] == str(want["row"]) and cells[1] == want["image"]
+        if "error" in want:
+            assert tr.get_attribute("data-verdict") == "error" and cells[7], cells
+        else:
+            assert tr.get_attribute("data-verdict") == want["verdict"] == cells[3]
+            assert cells[4] == want["label"] and cells[6] == f"{want['p_expected']:.3f}"
+    errors = [tr.find_elements(By.TAG_NAME, "td")[7].text for tr in rows]
+    # The same rows fail for the same reason (the wording of the limits belongs to the server and predict.py).
+    assert "expected_quantity" in errors[2] and "'x'" in errors[2] and "'x'" in expected[2]["error"]
+    assert "9" in errors[3] and "9" in expected[3]["error"]  # above what this 0..5 model can check
+    assert errors[4] == "no selected photo is named missing.jpg" and "missing.jpg" in expected[4]["error"]
+    browser.save_screenshot(str(screenshots / "manifest.png"))
+
+
+def test_page_refuses_a_manifest_without_its_columns(browser, server, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("photo,qty\na.jpg,1\n")
+    browser.get(server + "/")
+    browser.find_element(By.ID, "manifest-csv").send_keys(str(bad))
+    browser.find_element(By.ID, "manifest-run").click()
+    status = browser.find_element(By.ID, "manifest-status")
+    WebDriverWait(browser, 30).until(lambda d: status.get_attribute("data-state") == "error")
+    assert status.text.startswith("bad.csv: the manifest needs a header with columns image, expected_quantity "
+                                  "(missing: image, expected_quantity)")
+    assert not browser.find_element(By.ID, "manifest-results").is_displayed()
 
 
 def test_page_shows_a_file_named_like_html_as_text(browser, server, photo, tmp_path):
@@ -212,6 +317,7 @@ def test_the_endpoint_artifact_does_not_carry_the_page(tiny_model_dir):
 
 
 def test_page_renders_overflow_review_and_verdict(browser, photo, contract_predictor):
+    """The low-confidence flag and the verdict have different words, each explained in one line."""
     from selenium.webdriver.common.by import By
 
     from src.serving.app import create_app, serve_in_background
@@ -219,13 +325,42 @@ def test_page_renders_overflow_review_and_verdict(browser, photo, contract_predi
     with serve_in_background(create_app(contract_predictor, check=False)) as url:
         (card,) = _upload(browser, url, photo)
         assert card.find_element(By.CSS_SELECTOR, ".count").text == ">5 more than the model counts"
-        assert card.find_element(By.CSS_SELECTOR, ".badge.review").text == "review"
-        assert card.find_element(By.CSS_SELECTOR, ".badge.mismatch").text == "mismatch"
-        assert "p(4) = 10.0 %" in card.find_element(By.CSS_SELECTOR, ".flags").text
+        assert card.find_element(By.CSS_SELECTOR, ".badge.flag").text == "low confidence"
+        assert card.find_element(By.CSS_SELECTOR, ".badge.verdict.mismatch").text == "record does not match"
+        flags = card.find_element(By.CSS_SELECTOR, ".flags").text
+        assert "p(4) = 10.0 %" in flags and "review" not in flags  # one card once read "review review p(3)=..."
+        flag_line, verdict_line = (li.text for li in card.find_elements(By.CSS_SELECTOR, ".explain li"))
+        assert flag_line == ("low confidence: the model gives its count 70.0 %, below this model's review threshold: "
+                             "a person should count this bin.")
+        assert verdict_line == "record does not match: p(4) = 10.0 %, low enough to call the record wrong."
+        legend = browser.find_element(By.ID, "legend").text
+        assert "low confidence" in legend and "record matches" in legend and "check by hand" in legend
         labels = [s.text for s in card.find_elements(By.CSS_SELECTOR, ".bars > span")][::2]
         assert labels == ["0", "1", "2", "3", "4", "5", ">5"]
         bars = card.find_elements(By.CSS_SELECTOR, ".bar")
         assert [i for i, b in enumerate(bars) if "chosen" in b.get_attribute("class")] == [6]
+
+
+class OneItemPredictor(CountPredictor):
+    """Always one item, sure of it; the record says so too."""
+
+    def results(self, probs, ids=None, expected=None):
+        return [{"count": 1, "label": "1", "confidence": 0.9, "probabilities": [0.02, 0.9, 0.02, 0.02, 0.02, 0.02],
+                 "review": False, "expected_quantity": 1, "p_expected": 0.9, "verdict": "match"} for _ in range(len(probs))]
+
+
+def test_one_item_is_singular_and_a_match_is_explained(browser, photo, tiny_model_dir):
+    from selenium.webdriver.common.by import By
+
+    from src.serving.app import create_app, serve_in_background
+
+    with serve_in_background(create_app(OneItemPredictor.from_model_dir(tiny_model_dir), check=False)) as url:
+        (card,) = _upload(browser, url, photo)
+        assert card.find_element(By.CSS_SELECTOR, ".count").text == "1 item"
+        assert not card.find_elements(By.CSS_SELECTOR, ".badge.flag")
+        assert card.find_element(By.CSS_SELECTOR, ".badge.verdict.match").text == "record matches"
+        assert card.find_element(By.CSS_SELECTOR, ".explain li").text == (
+            "record matches: p(1) = 90.0 %, high enough to confirm the record.")
 
 
 def test_dropping_a_photo_on_the_page_counts_it(browser, server, photo):

@@ -1,5 +1,6 @@
-// The page at `/`: send each dropped photo to POST /invocations and show what the server answers.
-// Every string from a file name or a response is set with textContent, never parsed as HTML.
+// The page at `/`: send each dropped photo to POST /invocations and show what the server answers;
+// check a manifest CSV's photos against their expected quantities; say which model is loaded (GET /model).
+// Every string from a file name, a CSV or a response is set with textContent, never parsed as HTML.
 "use strict";
 
 function el(tag, className, text) {
@@ -11,6 +12,23 @@ function el(tag, className, text) {
 
 function pct(p) {
   return (100 * p).toFixed(1) + " %";
+}
+
+// Two different things, two different words: the review flag says the model is unsure of its count;
+// the verdict compares the photo with the record's expected quantity.
+const FLAG_WORDS = "low confidence";
+const VERDICT_WORDS = { match: "record matches", mismatch: "record does not match", review: "check by hand" };
+
+function flagExplanation(result) {
+  return FLAG_WORDS + ": the model gives its count " + pct(result.confidence) +
+    ", below this model's review threshold: a person should count this bin.";
+}
+
+function verdictExplanation(result) {
+  const p = "p(" + result.expected_quantity + ") = " + pct(result.p_expected);
+  if (result.verdict === "match") return VERDICT_WORDS.match + ": " + p + ", high enough to confirm the record.";
+  if (result.verdict === "mismatch") return VERDICT_WORDS.mismatch + ": " + p + ", low enough to call the record wrong.";
+  return VERDICT_WORDS.review + ": " + p + " is between the match and mismatch thresholds; look at the bin.";
 }
 
 // Class labels: 0..max_count, plus ">max_count" last when the model has the overflow class.
@@ -34,22 +52,35 @@ async function invoke(file, expected) {
   return body.predictions[0];
 }
 
+function countWords(result) {
+  if (result.count === null) return "more than the model counts";
+  return result.count === 1 ? "item" : "items";
+}
+
 function showResult(out, result, expected) {
   out.replaceChildren();
   const names = labels(result);
   const label = result.label !== undefined ? result.label : String(result.count);
   const count = el("div", "count", label);
-  count.append(" ", el("small", null, result.count === null ? "more than the model counts" : "items"));
+  count.append(" ", el("small", null, countWords(result)));
   out.append(count, el("div", "confidence", "confidence " + pct(result.confidence)));
   const flags = el("div", "flags");
-  if (result.review === true) flags.append(el("span", "badge review", "review"));
-  if (result.verdict) flags.append(el("span", "badge " + result.verdict, result.verdict));
+  const explain = el("ul", "explain");
+  if (result.review === true) {
+    flags.append(el("span", "badge flag", FLAG_WORDS));
+    explain.append(el("li", "flag", flagExplanation(result)));
+  }
+  if (result.verdict) {
+    flags.append(el("span", "badge verdict " + result.verdict, VERDICT_WORDS[result.verdict] || result.verdict));
+    explain.append(el("li", "verdict", verdictExplanation(result)));
+  }
   if (result.p_expected !== undefined) {
     flags.append("p(" + result.expected_quantity + ") = " + pct(result.p_expected));
   } else if (expected !== "" && /^\d+$/.test(expected) && Number(expected) < names.length) {
     flags.append("p(" + expected + ") = " + pct(result.probabilities[Number(expected)]));
   }
   if (flags.childNodes.length) out.append(flags);
+  if (explain.childNodes.length) out.append(explain);
   return names;
 }
 
@@ -66,6 +97,19 @@ function showBars(bars, result, names) {
   });
 }
 
+// The larger view of a photo: one overlay, closed by a click anywhere or Escape.
+function openViewer(src, caption) {
+  const viewer = document.getElementById("viewer");
+  document.getElementById("viewer-img").src = src;
+  document.getElementById("viewer-img").alt = caption;
+  document.getElementById("viewer-caption").textContent = caption;
+  viewer.hidden = false;
+}
+
+function closeViewer() {
+  document.getElementById("viewer").hidden = true;
+}
+
 function addCard(file) {
   const card = el("div", "card");
   card.dataset.name = file.name;
@@ -74,6 +118,8 @@ function addCard(file) {
     photo = el("img", "photo");
     photo.alt = file.name;
     photo.src = URL.createObjectURL(file);
+    photo.title = "click to enlarge";
+    photo.addEventListener("click", () => openViewer(photo.src, file.name));
   } else {
     photo = el("div", "photo placeholder", file.type || "unknown type");
   }
@@ -115,6 +161,160 @@ function addFiles(files) {
   for (const file of files) addCard(file);
 }
 
+// ---- Which model answers: GET /model (older servers answer 404; older artifacts have no provenance).
+function describeModel(body) {
+  const model = (body && body.model) || {};
+  const net = (model.net && model.net.name) || "unknown network";
+  const parts = [net];
+  if (model.image_size) parts.push(model.image_size + " px");
+  if (model.decision_rule) parts.push(model.decision_rule + " rule");
+  if (Array.isArray(model.classes)) parts.push(model.classes.length + " classes");
+  let text = "Model: " + parts.join(", ");
+  const prov = body && body.provenance;
+  const data = prov && prov.data;
+  if (data && (data.kind || data.source)) {
+    text += "; trained on " + (data.kind || "data") + (data.source ? " (" + data.source + ")" : "");
+  } else {
+    text += "; training data not recorded";
+  }
+  if (prov && prov.version) text += "; bincount " + prov.version;
+  if (prov && prov.created) text += ", created " + prov.created;
+  return text;
+}
+
+async function showModel() {
+  const target = document.getElementById("model");
+  try {
+    const response = await fetch("model", { headers: { Accept: "application/json" } });
+    if (!response.ok) throw new Error(String(response.status));
+    target.textContent = describeModel(await response.json());
+    target.dataset.state = "known";
+  } catch (_) {
+    target.textContent = "Model: this server does not say which model it runs (no GET /model).";
+    target.dataset.state = "unknown";
+  }
+}
+
+// ---- Manifest: the rows of a CSV (RFC 4180: quotes, doubled quotes, CRLF, a BOM), checked row by row.
+function parseCsv(text) {
+  const rows = [];
+  let row = [], field = "", quoted = false, i = 0;
+  text = text.replace(/^\uFEFF/, "");
+  while (i < text.length) {
+    const c = text[i];
+    if (quoted) {
+      if (c === '"' && text[i + 1] === '"') { field += '"'; i += 2; continue; }
+      if (c === '"') { quoted = false; i += 1; continue; }
+      field += c; i += 1; continue;
+    }
+    if (c === '"') { quoted = true; i += 1; continue; }
+    if (c === ",") { row.push(field); field = ""; i += 1; continue; }
+    if (c === "\r" || c === "\n") {
+      row.push(field); field = "";
+      if (c === "\r" && text[i + 1] === "\n") i += 1;
+      i += 1;
+      if (row.length > 1 || row[0] !== "") rows.push(row);
+      row = [];
+      continue;
+    }
+    field += c; i += 1;
+  }
+  if (field !== "" || row.length) { row.push(field); rows.push(row); }
+  return rows;
+}
+
+const MANIFEST_COLUMNS = ["image", "expected_quantity"];
+
+function manifestRows(text) {
+  const [header, ...body] = parseCsv(text);
+  const missing = MANIFEST_COLUMNS.filter((c) => !(header || []).includes(c));
+  if (missing.length) {
+    throw new Error("the manifest needs a header with columns " + MANIFEST_COLUMNS.join(", ") +
+      " (missing: " + missing.join(", ") + "), e.g. image,expected_quantity / bins/00001.jpg,3");
+  }
+  const col = Object.fromEntries(MANIFEST_COLUMNS.map((c) => [c, header.indexOf(c)]));
+  return body.map((cells) => ({ image: cells[col.image] || "", expected_quantity: cells[col.expected_quantity] || "" }));
+}
+
+// A row's photo: the selected file whose relative path or name ends the row's path.
+function findPhoto(files, image) {
+  const path = image.replace(/\\/g, "/").replace(/^\.\//, "");
+  const base = path.split("/").pop();
+  const byPath = files.filter((f) => f.webkitRelativePath && (f.webkitRelativePath === path || f.webkitRelativePath.endsWith("/" + path)));
+  if (byPath.length === 1) return byPath[0];
+  const byName = files.filter((f) => f.name === base);
+  if (byName.length === 1) return byName[0];
+  if (byName.length > 1) throw new Error(byName.length + " selected photos are named " + base + ": select one");
+  throw new Error("no selected photo is named " + base);
+}
+
+function manifestCell(tr, text, className) {
+  tr.append(el("td", className, text === undefined || text === null ? "" : text));
+}
+
+async function runManifest() {
+  const csvInput = document.getElementById("manifest-csv");
+  const photos = Array.from(document.getElementById("manifest-photos").files);
+  const status = document.getElementById("manifest-status");
+  const table = document.getElementById("manifest-results");
+  const tbody = table.querySelector("tbody");
+  tbody.replaceChildren();
+  table.hidden = true;
+  status.className = "muted";
+  delete status.dataset.state;
+  if (!csvInput.files.length) {
+    status.textContent = "Choose the manifest CSV first.";
+    return;
+  }
+  let rows;
+  try {
+    rows = manifestRows(await csvInput.files[0].text());
+  } catch (err) {
+    status.className = "error";
+    status.textContent = csvInput.files[0].name + ": " + err.message;
+    status.dataset.state = "error";
+    return;
+  }
+  table.hidden = false;
+  let failed = 0;
+  for (const [index, row] of rows.entries()) {
+    status.textContent = "checking row " + (index + 1) + " of " + rows.length + "…";
+    const tr = el("tr");
+    tr.dataset.row = String(index + 1);
+    tbody.append(tr);
+    let result = null, error = null;
+    const quantity = row.expected_quantity.trim();
+    try {
+      if (!/^[0-9]+$/.test(quantity)) {
+        throw new Error("expected_quantity must be a non-negative integer, got '" + quantity + "'");
+      }
+      result = await invoke(findPhoto(photos, row.image), String(Number(quantity)));
+    } catch (err) {
+      error = err.message.replace(/^\d{3}: /, "");
+      failed += 1;
+    }
+    manifestCell(tr, index + 1);
+    manifestCell(tr, row.image, "name");
+    manifestCell(tr, quantity);
+    if (result) {
+      manifestCell(tr, result.verdict, "verdict " + result.verdict);
+      tr.lastChild.title = verdictExplanation(result);
+      manifestCell(tr, result.label !== undefined ? result.label : result.count);
+      manifestCell(tr, pct(result.confidence));
+      manifestCell(tr, result.p_expected === undefined ? "" : result.p_expected.toFixed(3));
+      manifestCell(tr, "");
+      tr.dataset.verdict = result.verdict;
+    } else {
+      for (let k = 0; k < 4; k += 1) manifestCell(tr, "");
+      manifestCell(tr, error, "error");
+      tr.dataset.verdict = "error";
+    }
+  }
+  const word = rows.length === 1 ? "row" : "rows";
+  status.textContent = rows.length + " " + word + " checked" + (failed ? ", " + failed + " with an error (in its row)" : "") + ".";
+  status.dataset.state = "done";
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   const drop = document.getElementById("drop");
   const picker = document.getElementById("files");
@@ -126,4 +326,8 @@ document.addEventListener("DOMContentLoaded", () => {
     drop.classList.remove("over");
     addFiles(e.dataTransfer.files);
   });
+  document.getElementById("viewer").addEventListener("click", closeViewer);
+  document.addEventListener("keydown", (e) => { if (e.key === "Escape") closeViewer(); });
+  document.getElementById("manifest-run").addEventListener("click", runManifest);
+  showModel();
 });
