@@ -756,3 +756,164 @@ def test_every_response_carries_the_security_headers(predictor, monkeypatch):
         r = c.post("/invocations", content=photo(1), headers={"content-type": "image/jpeg"})
     assert r.status_code == 500 and r.json() == {"error": "Internal error: RuntimeError", "status": 500}
     assert_secured(r.headers)
+
+
+# -- 5, 8, 13: HTTP framing on a real server (raw sockets, 127.0.0.1) -----------------------------------
+def read_until_closed(sock: socket.socket, limit_s: float) -> tuple[bytes, bool]:
+    """Everything the server sends within ``limit_s``, and whether it closed the connection."""
+    sock.settimeout(limit_s)
+    data, deadline = b"", time.monotonic() + limit_s
+    try:
+        while time.monotonic() < deadline:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return data, True
+            data += chunk
+    except TimeoutError:
+        return data, False
+    except ConnectionResetError:
+        return data, True
+    return data, False
+
+
+def responses_in(data: bytes) -> list[bytes]:
+    return re.findall(rb"HTTP/1\.1 (\d{3}) ", data)
+
+
+@pytest.mark.timeout(60)
+def test_content_length_with_transfer_encoding_is_refused_and_closed(server):
+    base, _ = server
+    port = int(base.rsplit(":", 1)[1])
+    smuggled = (b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 5\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(smuggled)
+        data, closed = read_until_closed(s, 5)
+    assert closed and responses_in(data) == [b"400"], data[:600]  # the smuggled GET got no answer
+    body = json.loads(data.split(b"\r\n\r\n", 1)[1])
+    assert body["status"] == 400 and "Both Content-Length and Transfer-Encoding" in body["error"]
+    assert b"connection: close" in data.lower() and b"x-frame-options: DENY" in data
+    assert httpx.get(f"{base}/ping").status_code == 200
+
+
+@pytest.mark.timeout(60)
+def test_slow_body_gets_408_and_the_connection_is_closed(server):
+    base, _ = server
+    port = int(base.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 1000\r\n\r\n")
+        started = time.monotonic()
+        for _ in range(12):  # 1 byte every 0.25 s, past body_timeout_s (2 s)
+            try:
+                s.sendall(b"\xff")
+            except OSError:
+                break
+            time.sleep(0.25)
+        data, closed = read_until_closed(s, 10)
+    assert responses_in(data) == [b"408"] and b"did not arrive within 2 s" in data
+    assert closed and time.monotonic() - started < 10  # it used to stay open (100 s at 1 byte/s)
+
+
+@pytest.mark.timeout(60)
+def test_headers_over_the_limit_get_the_json_400_however_they_arrive(server):
+    base, _ = server
+    port = int(base.rsplit(":", 1)[1])
+    for size in (20_000, 100_000, 1_000_000):  # in one read: 200, 200 and a connection reset before
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * size + b"\r\n\r\n")
+            data, closed = read_until_closed(s, 5)
+        assert closed and responses_in(data) == [b"400"], (size, data[:300])
+        error = json.loads(data.split(b"\r\n\r\n", 1)[1])["error"]
+        assert "exceed the limit of 16,384 bytes" in error and "send smaller headers" in error, (size, error)
+    with socket.create_connection(("127.0.0.1", port)) as s:  # under the limit: served
+        s.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: " + b"a" * 15_000 + b"\r\n\r\n")
+        data, _ = read_until_closed(s, 5)
+    assert responses_in(data) == [b"200"]
+
+
+# -- 6. a bounded queue: 503 + Retry-After past max_queue, before the body is read ----------------------
+@pytest.mark.timeout(120)
+def test_requests_past_the_queue_limit_get_a_json_503_with_retry_after(predictor):
+    import copy
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from src.serving.app import serve_in_background
+
+    release = threading.Event()
+    slow = copy.copy(predictor)
+    slow.probabilities = lambda x: (release.wait(60), predictor.probabilities(x))[1]
+    with pytest.raises(ValueError, match="max_queue=1 must be at least"):
+        create_app(slow, workers=2, max_queue=1, check=False)
+    app = create_app(slow, workers=1, max_queue=2, retry_after_s=3, check=False)
+    jpeg = photo(8)
+
+    def post():
+        return httpx.post(f"{base}/invocations", content=jpeg, headers={"content-type": "image/jpeg"}, timeout=60)
+
+    with serve_in_background(app) as base, ThreadPoolExecutor(2) as pool:
+        held = [pool.submit(post) for _ in range(2)]  # one running, one waiting: the queue is full
+        deadline = time.monotonic() + 30
+        while app.state.in_flight[0] < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert app.state.in_flight[0] == 2
+        started = time.monotonic()
+        r = post()
+        assert time.monotonic() - started < 2  # refused at once, nothing decoded
+        assert r.status_code == 503 and r.headers["retry-after"] == "3"
+        assert r.json() == {"error": "The server is busy: 2 requests are in flight, the limit is 2 (max_queue); "
+                                     "retry after 3 s", "status": 503}
+        assert_secured(r.headers)
+        assert httpx.get(f"{base}/ping", timeout=5).status_code == 200  # health is not queued
+        release.set()
+        assert [f.result().status_code for f in held] == [200, 200]
+        assert post().status_code == 200 and app.state.in_flight[0] == 0
+        metrics = httpx.get(f"{base}/metrics").text
+    assert 'bincount_requests_total{path="/invocations",status="503"} 1.0' in metrics
+    assert "bincount_max_queue 2.0" in metrics
+
+
+# -- 10. an aborted upload is one INFO line, no traceback ------------------------------------------------
+@pytest.mark.timeout(120)
+def test_aborted_uploads_log_one_info_line_each(predictor):
+    import logging
+
+    from src.serving.app import serve_in_background
+
+    class Collect(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.DEBUG)
+            self.records: list[logging.LogRecord] = []
+
+        def emit(self, record):
+            self.records.append(record)
+
+    collect = Collect()
+    names = ("", "uvicorn", "uvicorn.error", "bincount.access", "src.serving.app")
+    with serve_in_background(create_app(predictor)) as base:
+        port = int(base.rsplit(":", 1)[1])
+        loggers = [logging.getLogger(n) for n in names]  # uvicorn's loggers do not propagate to the root
+        levels = [lg.level for lg in loggers]
+        for lg in loggers:
+            lg.addHandler(collect)
+        logging.getLogger("bincount.access").setLevel(logging.INFO)
+        try:
+            for _ in range(5):
+                with socket.create_connection(("127.0.0.1", port)) as s:
+                    s.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                              b"Content-Length: 100000\r\n\r\n" + b"\xff" * 1000)
+                    time.sleep(0.1)
+            deadline = time.monotonic() + 20
+            while sum("client closed" in r.getMessage() for r in collect.records) < 5 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.3)
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.removeHandler(collect)
+                lg.setLevel(level)
+    records = {id(r): r for r in collect.records}.values()  # a record reaches several loggers' handler once each
+    aborted = [r for r in records if "client closed" in r.getMessage()]
+    assert len(aborted) == 5 and all(r.levelno in (logging.INFO, logging.WARNING) for r in aborted)
+    assert all("1,000 of 100,000 body bytes" in r.getMessage() and " 499 " in r.getMessage() for r in aborted)
+    assert not [r for r in records if r.levelno >= logging.ERROR or r.exc_info], [r.getMessage() for r in records]
+    assert len(records) == 5, [r.getMessage() for r in records]  # nothing else was logged

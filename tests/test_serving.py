@@ -409,3 +409,75 @@ def test_missing_accept_is_answered_as_the_sagemaker_toolkit_does(predictor, mon
         body, ctype = output_fn(predict_fn(input_fn(lines, "application/jsonlines"), predictor), accept)
         assert ctype == expected
         assert (json.loads(body)["predictions"][0] if expected == "application/json" else json.loads(body))["id"] == "a"
+
+
+# -- operations (issue 28): request log, /metrics, /model --------------------------------------------
+def test_one_log_line_per_request_without_bodies_queries_or_headers(predictor, caplog):
+    import logging
+    import re
+
+    app = create_app(predictor)
+    with TestClient(app, raise_server_exceptions=False) as c, caplog.at_level(logging.INFO, logger="bincount.access"):
+        c.get("/ping")
+        c.post("/invocations?expected_quantity=1&token=query-secret", content=image_bytes(1),
+               headers={"content-type": "image/jpeg", "Authorization": "Bearer header-secret"})
+        c.post("/invocations", content=json.dumps({"image": "body-secret"}), headers={"content-type": "application/json"})
+        c.get("/forged%0AGET /ping 200 0.1 ms 1 B")
+    lines = [r.getMessage() for r in caplog.records if r.name == "bincount.access"]
+    assert len(lines) == 4, lines
+    pattern = re.compile(r"^(GET|POST) \S+ \d{3} \d+\.\d ms \d+ B$")
+    assert all(pattern.match(line) for line in lines[:3]), lines
+    assert lines[0].startswith("GET /ping 200 ") and lines[1].startswith("POST /invocations 200 ")
+    assert lines[2].startswith("POST /invocations 400 ")
+    size = int(lines[1].rsplit(" ", 2)[1])
+    assert 100 < size < 2000  # the JSON answer's bytes
+    text = "\n".join(lines)
+    for secret in ("query-secret", "header-secret", "body-secret", "expected_quantity", "Bearer"):
+        assert secret not in text
+    assert "\n" not in lines[3] and lines[3].startswith("GET /forged\\nGET /ping") and " 404 " in lines[3]
+
+
+def test_metrics_count_requests_latency_and_the_review_share(predictor):
+    import copy
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    reviewed = copy.copy(predictor)
+    reviewed.review_threshold = 1.01  # every answer's confidence is below: every answer is flagged
+    with TestClient(create_app(reviewed), raise_server_exceptions=False) as c:
+        empty = c.get("/metrics")
+        assert empty.status_code == 200 and empty.headers["content-type"].startswith("text/plain")
+        for i in range(3):
+            assert c.post("/invocations", content=image_bytes(i), headers={"content-type": "image/jpeg"}).json()[
+                "predictions"][0]["review"] is True
+        c.post("/invocations", content=b"junk", headers={"content-type": "image/jpeg"})
+        c.get("/static/app.js")
+        c.get("/wp-admin/../etc/passwd")
+        text = c.get("/metrics").text
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples[("bincount_requests_total", (("path", "/invocations"), ("status", "200")))] == 3
+    assert samples[("bincount_requests_total", (("path", "/invocations"), ("status", "400")))] == 1
+    assert samples[("bincount_requests_total", (("path", "/static"), ("status", "200")))] == 1
+    assert samples[("bincount_requests_total", (("path", "other"), ("status", "404")))] == 1  # no label per path
+    assert samples[("bincount_request_duration_seconds_count", (("path", "/invocations"),))] == 4
+    assert samples[("bincount_answers_total", ())] == 3 and samples[("bincount_answers_review_total", ())] == 3
+    assert samples[("bincount_review_share", ())] == 1.0
+    with TestClient(create_app(predictor)) as c:  # no review threshold: nothing flagged, share 0
+        c.post("/invocations", content=image_bytes(5), headers={"content-type": "image/jpeg"})
+        assert "bincount_review_share 0.0" in c.get("/metrics").text
+
+
+def test_model_endpoint_says_which_model_is_loaded(predictor, artifact):
+    import copy
+
+    config = json.loads((artifact / "model_config.json").read_text())
+    with TestClient(create_app(predictor)) as c:
+        r = c.get("/model")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    assert r.json() == {"model": {k: config[k] for k in ("net", "image_size", "decision_rule", "classes")},
+                        "provenance": None}
+    traced = copy.copy(predictor)
+    traced.config = {**predictor.config, "provenance": {"git_commit": "abc123", "run": "runs/x"}}
+    with TestClient(create_app(traced)) as c:
+        assert c.get("/model").json()["provenance"] == {"git_commit": "abc123", "run": "runs/x"}

@@ -129,15 +129,16 @@ def create_app(
         raise ValueError(f"max_queue={max_queue} must be at least the requests that run at once ({running}: "
                          f"workers, or micro_batching.max_batch) and retry_after_s >= 0, got {retry_after_s}")
     metrics = ServerMetrics()
+    in_flight = [0]  # /invocations requests admitted; the event loop is one thread, a list is enough
     app = BincountApp(title="bincount", docs_url=None, redoc_url=None, openapi_url=None)
     app.edge_kwargs = {"metrics": metrics}
     app.state.predictor = predictor
     app.state.limits = limits
     app.state.metrics = metrics
     app.state.max_queue = max_queue
+    app.state.in_flight = in_flight
     decode_gate = threading.BoundedSemaphore(workers)
     slots = anyio.CapacityLimiter(running)
-    in_flight = [0]  # /invocations requests admitted; the event loop is one thread, a list is enough
     metrics.queue_limit.set(max_queue)
     metrics.in_flight.set_function(lambda: in_flight[0])
     description = model_description(predictor)
