@@ -623,7 +623,7 @@ def test_sagemaker_custom_attributes_channel_is_checked_like_the_others():
             return {"X-Amzn-SageMaker-Custom-Attributes": self.attributes}
 
     for value in BAD_QUANTITIES.values():
-        status, detail = raise_status(lambda: handler.input_fn(photo(1), "image/jpeg", Context(f"expected_quantity={value}")))
+        status, detail = raise_status(lambda v=value: handler.input_fn(photo(1), "image/jpeg", Context(f"expected_quantity={v}")))
         assert status == 400 and detail.startswith("CustomAttributes expected_quantity") and "0..1000" in detail
     status, detail = raise_status(lambda: handler.input_fn(photo(1), "image/jpeg",
                                                            Context("expected_quantity=2;expected_quantity=3")))

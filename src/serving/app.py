@@ -26,11 +26,11 @@ from pathlib import Path
 
 import anyio
 from fastapi import FastAPI, Request
-from starlette.requests import ClientDisconnect
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from src.inference.predictor import CountPredictor
 from src.serving.handler import (
