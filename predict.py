@@ -4,7 +4,9 @@ Prints one line per image: name, label (the count, or ">5" for a model with the 
 class), confidence (tab-separated); --json prints one JSON object
 {"predictions": [{name, count, label, confidence, probabilities, ...}], "errors": [{name, error}]}.
 Folders are searched recursively; symlinks are followed only inside the folder, never into a loop;
-skipped entries and unreadable images are listed on stderr (and under "errors").
+skipped entries and unreadable images are listed on stderr (and under "errors"). stderr starts with
+one line saying which model answers and what it was trained on (its provenance), and shows a
+progress bar over many files when it is a terminal.
 
 Check bins against their expected quantities: `python predict.py --model-dir <dir> --manifest bins.csv
 [--out verdicts.csv] [--json]`, where bins.csv has the columns image,expected_quantity (image paths
@@ -74,20 +76,45 @@ def run_manifest(predictor, args) -> int:
 
 
 def load(args):
-    """The predictor, or None after printing why it failed to load (exit status 4)."""
+    """The predictor, or None after printing why it failed to load (exit status 4). Once loaded, the
+    header line on stderr: the model, what it was trained on, its version (stdout stays one answer a line)."""
     from src.inference.loading import load_predictor
+    from src.utils.provenance import describe_line
 
     try:
-        return load_predictor(model_dir=args.model_dir, ckpt_path=args.ckpt, backend=args.backend)[0]
+        predictor, described = load_predictor(model_dir=args.model_dir, ckpt_path=args.ckpt, backend=args.backend)
     except Exception as err:  # any failure here means no answer at all: say so in one line
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"error: the model failed to load: {detail}", file=sys.stderr)
         return None
+    print(f"# {describe_line(described, args.model_dir or args.ckpt)}", file=sys.stderr)
+    return predictor
+
+
+def predict_with_progress(predictor, found, batch_size: int):
+    """``predict_paths`` one batch of files at a time, with a progress bar on stderr when it is a
+    terminal (tqdm leaves pipes and logs alone); answers and errors in the same order as one call."""
+    from tqdm import tqdm
+
+    from src.data.files import Walk
+    from src.serving.predict import PathResults, predict_paths
+
+    if len(found.files) <= batch_size:
+        return predict_paths(predictor, found, batch_size=batch_size)
+    out = PathResults([], [])
+    with tqdm(total=len(found.files), desc="counting", unit="image", disable=None) as bar:
+        for start in range(0, len(found.files), batch_size):
+            part = Walk(found.files[start:start + batch_size], found.skipped if start == 0 else [])
+            done = predict_paths(predictor, part, batch_size=batch_size)
+            out.predictions += done.predictions
+            out.errors += done.errors
+            bar.update(len(part.files))
+    return out
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from src.serving.predict import find_images, predict_paths
+    from src.serving.predict import find_images
 
     if args.manifest:
         predictor = load(args)
@@ -106,7 +133,7 @@ def main(argv=None) -> int:
     predictor = load(args)
     if predictor is None:
         return EXIT_MODEL_FAILED
-    out = predict_paths(predictor, found, batch_size=args.batch_size)
+    out = predict_with_progress(predictor, found, args.batch_size)
     if args.json:
         print(json.dumps({"predictions": out.predictions, "errors": out.errors}, indent=2))
     else:

@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from src.evaluation.html_report import write_html_report
 from src.evaluation.model_quality import write_model_quality
 from src.evaluation.report import summary_table, write_report
@@ -42,7 +44,15 @@ def evaluate(
     )
     num_classes = len(model["classes"])
     start = time.perf_counter()
-    pred = predict_folder(predictor, eval_dir, num_classes, batch_size, num_workers)
+    # A progress bar (on a terminal; tqdm leaves logs alone) counting images as they are scored.
+    bar = tqdm(desc=f"evaluating {Path(eval_dir).name}", unit="image", disable=None)
+    forward = predictor.logits
+    predictor.logits = lambda x: (bar.update(len(x)), forward(x))[1]
+    try:
+        pred = predict_folder(predictor, eval_dir, num_classes, batch_size, num_workers)
+    finally:
+        del predictor.logits  # back to the class's method
+        bar.close()
     seconds = time.perf_counter() - start
     extra = {
         "eval_dir": str(eval_dir),

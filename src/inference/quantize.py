@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from src.data.images import CountFolder
 from src.data.transforms import eval_transform
@@ -60,7 +61,8 @@ def folder_batches(folder: str | Path, image_size: int, limit: int | None = None
     order = list(range(len(dataset)))
     if limit is not None and limit < len(order):
         order = sorted(random.Random(seed).sample(order, limit))
-    for start in range(0, len(order), batch_size):
+    for start in tqdm(range(0, len(order), batch_size), desc=f"int8: {Path(folder).name} images", unit="batch",
+                      leave=False, disable=None):  # a bar on a terminal only
         items = [dataset[i] for i in order[start : start + batch_size]]
         yield torch.stack([x for x, _ in items]).numpy(), np.asarray([y for _, y in items])
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from src.data.datamodule import BinDataModule
 from src.data.images import CountFolder
@@ -87,7 +88,7 @@ def _teacher_probabilities(teachers: list[Path], dataset: CountFolder, batch_siz
         images.transform = eval_transform(size)
         loader = DataLoader(IndexedImages(images), batch_size=batch_size, num_workers=num_workers,
                             collate_fn=collate_valid, generator=torch.Generator())
-        for batch in loader:
+        for batch in tqdm(loader, desc=f"{len(teachers)} teachers", unit="batch", disable=None):  # terminal only
             if batch is None:
                 continue
             x, idx = batch

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from src.data.datamodule import BinDataModule
 from src.data.images import CountFolder
@@ -229,7 +230,8 @@ class FeatureCache:
         try:
             with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
                 run = self._runner(device, image_size, Path(tmp))
-                for batch in loader:
+                for batch in tqdm(loader, desc=f"feature cache {Path(dataset.root).name}" + (" +mirror" if flipped else ""),
+                                  unit="batch", disable=None):  # a bar on a terminal only
                     if batch is None:
                         continue
                     x, idx = batch
