@@ -38,7 +38,7 @@ evaluate: $(STAMP) ## Evaluate MODEL on the test split of its own data: metrics.
 	$(PY) evaluate.py model_dir="$$model" $$options $(ARGS)
 
 serve: $(STAMP) ## Serve MODEL on http://127.0.0.1:8080/ (the page; POST /invocations), Ctrl-C stops
-	@$(FIND_MODEL); echo "$(PY) serve.py model_dir=$$model $(ARGS)   -> open http://127.0.0.1:8080/"; \
+	@$(FIND_MODEL); echo "$(PY) serve.py model_dir=$$model $(ARGS)   -> open http://127.0.0.1:8080/ (or the port= given)"; \
 	$(PY) serve.py model_dir="$$model" $(ARGS)
 
 predict: $(STAMP) ## Count the photos in FILES (default data/synthetic/test/3), or check MANIFEST=bins.csv

@@ -216,7 +216,7 @@ def answer_lines(metrics: dict[str, Any]) -> list[str]:
         target = ((metrics.get("model") or {}).get("calibration") or {}).get("target_accuracy")
         if "review_share" in s:
             accepted = s.get("accepted_accuracy")
-            verdict = "" if not isinstance(target, (int, float)) or accepted is None else (
+            verdict = "" if not isinstance(target, (int, float)) else " (MISSED: none accepted)" if accepted is None else (
                 " (met)" if accepted >= target else " (MISSED)")
             lines.append(f"sent to review {_pct(s['review_share'])} %; accuracy of the accepted answers "
                          f"{_pct(accepted)} %" + (f", target {_pct(target)} %{verdict}" if isinstance(target, (int, float)) else ""))
