@@ -69,7 +69,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     net = CountNet("resnet18", weights=None, num_classes=6).eval()
     with torch.no_grad():
-        net.head[-1].weight.mul_(30.0)
+        net.head.fc.weight.mul_(30.0)
     return export_artifact(net, 64, "argmax", tmp_path_factory.mktemp("tiny_model") / "model")
 
 
@@ -120,7 +120,7 @@ def tiny_count_net():
         torch.manual_seed(seed)
         net = CountNet(name, weights=None, num_classes=6).eval()
         with torch.no_grad():
-            net.head[-1].weight.mul_(30.0)
+            net.head.fc.weight.mul_(30.0)
         return net
 
     return make

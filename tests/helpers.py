@@ -46,9 +46,9 @@ HTML_NAME = "<img src=x onerror=alert(1)>.jpg"  # a file name that must stay tex
 def tiny_net(seed: int = 0, name: str = "resnet18") -> CountNet:
     """Random weights with a sharpened head, so counts are decided by clear margins."""
     torch.manual_seed(seed)
-    net = CountNet(name, weights=None, num_classes=6).eval()
+    net = CountNet(name, weights=None, num_classes=6, input_size=IMAGE_SIZE).eval()
     with torch.no_grad():
-        net.head[-1].weight.mul_(30.0)
+        net.head.fc.weight.mul_(30.0)
     return net
 
 

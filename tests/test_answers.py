@@ -36,9 +36,9 @@ def net_with(num_classes: int, favourite: int | None = None, seed: int = 0) -> C
     torch.manual_seed(seed)
     net = CountNet("resnet18", weights=None, num_classes=num_classes).eval()
     with torch.no_grad():
-        net.head[-1].weight.mul_(30.0)
+        net.head.fc.weight.mul_(30.0)
         if favourite is not None:
-            net.head[-1].bias[favourite] += 1e4
+            net.head.fc.bias[favourite] += 1e4
     return net
 
 
@@ -215,7 +215,7 @@ def test_manifest_gives_one_verdict_per_row_and_reports_bad_rows_in_place(tmp_pa
     assert [r["row"] for r in rows] == ["1", "2", "3", "4", "5", "6"]
     assert rows[0]["verdict"] == "match" and rows[0]["count"] == "3" and not rows[0]["error"]
     assert "decode" in rows[1]["error"] and "missing.jpg" in rows[2]["error"]
-    assert "non-negative integer" in rows[3]["error"] and "'two'" in rows[3]["error"]
+    assert "integer in 0..1000" in rows[3]["error"] and "'two'" in rows[3]["error"]
     assert "counts 0..5" in rows[4]["error"]
     assert rows[5]["verdict"] == "mismatch" and rows[5]["expected_quantity"] == "0"
     assert "row 2 (broken.jpg)" in capsys.readouterr().err

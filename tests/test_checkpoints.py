@@ -34,7 +34,11 @@ def test_a_checkpoint_names_its_network_and_is_never_guessed(tmp_path, monkeypat
 
     monkeypatch.setattr(ckpt_module, "infer_backbone", guess)
     loaded = load_checkpoint(path)
-    assert loaded.net.spec == net.spec == {"name": "resnet18", "num_classes": 6, "dropout": 0.0}
+    assert loaded.net.spec == net.spec
+    assert net.spec == {"name": "torchvision/resnet18", "head": "softmax", "max_count": 5, "tail": False,
+                        "num_classes": 6, "dropout": 0.0, "preprocessing": {
+                            "resize": [IMAGE_SIZE, IMAGE_SIZE], "interpolation": "bilinear",
+                            "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}
 
 
 def test_module_saves_the_net_spec(tiny_cfg):
@@ -43,7 +47,7 @@ def test_module_saves_the_net_spec(tiny_cfg):
     model = instantiate(tiny_cfg().model)
     checkpoint: dict = {}
     model.on_save_checkpoint(checkpoint)
-    assert checkpoint[NET_SPEC_KEY] == model.net.spec and model.net.spec["name"] == "resnet18"
+    assert checkpoint[NET_SPEC_KEY] == model.net.spec and model.net.spec["name"] == "torchvision/resnet18"
 
 
 def test_old_checkpoint_still_loads_by_its_shapes_and_counts_alike(tmp_path):

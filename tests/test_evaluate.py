@@ -107,7 +107,7 @@ def test_evaluate_excludes_unreadable_images(model_dir, tmp_path):
     assert metrics["within1"] == pytest.approx((np.abs(t - p) <= 1).mean())
     probs = np.array([[float(r[f"p{c}"]) for c in range(6)] for r in rows])
     assert (probs.argmax(1) == p).all() and np.allclose(probs.sum(1), 1, atol=1e-4)
-    assert metrics["model"]["net"]["name"] == "resnet18" and metrics["images_per_s"] > 0
+    assert metrics["model"]["net"]["name"] == "torchvision/resnet18" and metrics["images_per_s"] > 0
 
 
 def test_evaluate_errors_name_the_fix(model_dir, tmp_path):
@@ -130,12 +130,12 @@ def test_evaluate_entry_with_a_checkpoint(tmp_path, capsys):
     printed = capsys.readouterr().out
     # Synthetic images: the published baseline (real photos) is not set beside them.
     assert "abid baseline" not in printed and "no published baseline" in printed and "n = 8 images" in printed
-    assert "model: resnet18, 64 px" in printed.splitlines()[0]
+    assert "model: torchvision/resnet18, 64 px" in printed.splitlines()[0]
     for name in ("predictions.csv", "metrics.json", "confusion_matrix.png", "per_class_accuracy.png"):
         assert (out / name).is_file(), name
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["n"] == 8 and saved["model"]["ckpt_path"] == str(ckpt)
-    assert saved["model"]["net"]["name"] == "resnet18" and saved["model"]["image_size"] == IMAGE_SIZE
+    assert saved["model"]["net"]["name"] == "torchvision/resnet18" and saved["model"]["image_size"] == IMAGE_SIZE
 
 
 def test_evaluate_default_eval_dir_is_the_prepared_test_split():

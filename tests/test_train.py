@@ -119,7 +119,7 @@ def test_config_typo_is_rejected_with_the_key():
 def test_card_command_composes():
     out = run_train(["--cfg", "job", "model=resnet50", "data.subset=0.1"])
     assert out.returncode == 0, out.stderr
-    assert "subset: 0.1" in out.stdout and "name: resnet50" in out.stdout
+    assert "subset: 0.1" in out.stdout and "name: torchvision/resnet50" in out.stdout
 
 
 def test_multirun_two_jobs(synthetic_dir, tmp_path):

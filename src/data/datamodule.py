@@ -12,7 +12,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, WeightedRandomSampler, default_collate
 
 from src.data.images import CountFolder
-from src.data.transforms import build_transform
+from src.data.labels import LabelSpace
+from src.data.transforms import Preprocessing, build_transform
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +25,14 @@ PREPARE_HINT = (
 
 
 def check_data_folder(data_dir: str | Path, splits: tuple[str, ...], generator: dict | None = None,
-                      prepare: dict | None = None) -> None:
+                      prepare: dict | None = None, labels: LabelSpace | None = None) -> None:
     """Fail fast, before anything costly (a weights download), when ``data_dir`` lacks a split the
-    run needs and nothing (``generator``, ``prepare``) would create it."""
+    run needs and nothing (``generator``, ``prepare``) would create it, or when its class folders
+    contradict the label space (a tail class with no ``6plus/`` folder would silently learn nothing)."""
+    if labels is not None and labels.tail and generator:
+        raise ValueError(f"data.overflow=true needs a '{labels.folders[-1]}' class folder, and the synthetic "
+                         f"generator draws counts 0..{labels.max_count} only: set data.overflow=false, or train "
+                         "on data prepared with `prepare_data.py overflow=true`")
     if generator or prepare:
         return
     missing = [s for s in splits if not (Path(data_dir) / s).is_dir()]
@@ -34,6 +40,14 @@ def check_data_folder(data_dir: str | Path, splits: tuple[str, ...], generator: 
         raise FileNotFoundError(
             f"Data folder {data_dir} has no {', '.join(missing)} split(s). " + PREPARE_HINT.format(path=data_dir)
         )
+    if labels is not None and labels.tail and "train" in splits:
+        tail = Path(data_dir) / "train" / labels.folders[-1]
+        if not tail.is_dir():
+            raise ValueError(
+                f"data.overflow=true reads the class '>{labels.max_count}' from {tail}/, which does not exist: "
+                f"set data.overflow=false (counts 0..{labels.max_count}), or prepare the data with "
+                "`prepare_data.py overflow=true`"
+            )
 
 
 def skip_bad_collate(batch: list):
@@ -70,8 +84,8 @@ class BinDataModule(pl.LightningDataModule):
     def __init__(
         self,
         data_dir: str,
-        num_classes: int = 6,
-        image_size: int = 224,
+        num_classes: int | None = None,
+        image_size: int | None = 224,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 2,
@@ -86,11 +100,16 @@ class BinDataModule(pl.LightningDataModule):
         generator: dict | None = None,
         prepare: dict | None = None,
         overflow: bool = False,
+        max_count: int | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)
         if not 0.0 < subset <= 1.0:
             raise ValueError(f"data.subset must be in (0, 1], got {subset}")
+        self.labels = LabelSpace.resolve(max_count, overflow, num_classes)
+        self.num_classes = self.labels.num_classes
+        # The model's preprocessing (``use_preprocessing``); alone, data.image_size with ImageNet statistics.
+        self.preprocessing: Preprocessing | None = None
         self.data_dir = Path(data_dir)
         self.generator = generator
         self.prepare = prepare
@@ -115,8 +134,8 @@ class BinDataModule(pl.LightningDataModule):
                 f"Data folder {folder} does not exist. " + PREPARE_HINT.format(path=self.data_dir)
             )
         hp = self.hparams
-        transform = build_transform(hp.image_size, train, hp.hflip, hp.dihedral)
-        dataset = CountFolder(folder, hp.num_classes, transform, overflow=hp.overflow)
+        transform = build_transform(self.preprocessing_used, train, hp.hflip, hp.dihedral)
+        dataset = CountFolder(folder, self.num_classes, transform, overflow=self.labels.tail)
         if len(dataset) == 0:
             raise FileNotFoundError(
                 f"Data folder {folder} holds no readable images in {', '.join(dataset.classes)}/. "
@@ -141,11 +160,24 @@ class BinDataModule(pl.LightningDataModule):
         if stage in (None, "test") and "test" not in self.datasets:
             self.datasets["test"] = self._split("test", train=False)
 
+    def use_preprocessing(self, prep: Preprocessing) -> None:
+        """Preprocess as the model says (its backbone's spec with the user's settings first)."""
+        if self.hparams.image_size is not None and prep.size != self.hparams.image_size:
+            raise ValueError(f"data.image_size={self.hparams.image_size} but the model expects {prep.size} px: "
+                             "set model.net.input_size=${data.image_size} (the configs do) or drop one of them")
+        self.preprocessing = prep
+
+    @property
+    def preprocessing_used(self) -> Preprocessing:
+        if self.preprocessing is not None:
+            return self.preprocessing
+        return Preprocessing(int(self.hparams.image_size or 224))
+
     @property
     def class_counts(self) -> torch.Tensor:
         """Images per count in the (possibly subset) training split."""
         counts = Counter(self.train_targets)
-        return torch.tensor([counts.get(c, 0) for c in range(self.hparams.num_classes)])
+        return torch.tensor([counts.get(c, 0) for c in range(self.num_classes)])
 
     # -- loaders --------------------------------------------------------------------------------
     @property

@@ -31,7 +31,7 @@ SEED = 0
 def _confidences(pred: FolderPredictions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(raw confidence, calibrated confidence, correct) of each answer."""
     idx = pred.counts.long()[:, None]
-    raw = pred.logits.softmax(-1) if pred.logits is not None else pred.probs
+    raw = pred.raw_probs if pred.raw_probs is not None else pred.probs
     return raw.gather(1, idx)[:, 0], pred.probs.gather(1, idx)[:, 0], pred.counts == pred.targets
 
 

@@ -3,10 +3,13 @@
 Layout (the SageMaker PyTorch model layout)::
 
     <model_dir>/model.pt            CountNet state_dict (tensors only: loads with weights_only=True)
-    <model_dir>/model_config.json   network, image size, decision rule, classes, preprocessing, and
-                                the answer settings (ANSWER_KEYS: max_count, overflow, temperature,
-                                review_threshold, match/mismatch_threshold, count_cuts; absent in older
-                                artifacts)
+    <model_dir>/model_config.json   the network spec (backbone, head, label space, preprocessing: it
+                                rebuilds the net as ``CountNet(**net)``), image size, decision rule,
+                                classes, the preprocessing served with, the answer settings
+                                (ANSWER_KEYS: max_count, overflow, temperature, review_threshold,
+                                match/mismatch_threshold, count_cuts; absent in older artifacts),
+                                provenance (data, code version, date, test metrics) and the sha256 of
+                                every model file a backend loads (``weights_sha256``, ``files_sha256``)
     <model_dir>/model.onnx          optional, for the ONNX Runtime backend
     <model_dir>/model_int8.onnx     optional, its int8 copy (backend onnx-int8), described under "int8"
     <model_dir>/code/inference.py   SageMaker handler (model_fn, input_fn, predict_fn, output_fn)
@@ -30,8 +33,9 @@ from typing import Any
 
 import torch
 
-from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from src.models.backbones import CountNet
+from src.data.labels import MAX_COUNT_LIMIT, LabelSpace
+from src.data.transforms import Preprocessing
+from src.models.backbones import RUNTIME_REQUIREMENTS, CountNet
 from src.models.counting import DECISION_RULES
 
 WEIGHTS_FILE = "model.pt"
@@ -46,6 +50,8 @@ CONTAINER_ENTRY = SRC_ROOT / "serving" / "container.py"
 # The SageMaker PyTorch inference container already has torch, torchvision and Pillow;
 # transforms.v2.RGB needs torchvision >= 0.19 (container >= 2.4).
 REQUIREMENTS = "# torch, torchvision (>= 0.19) and pillow come with the SageMaker PyTorch inference container.\n"
+ONNX_REQUIREMENT = "onnxruntime>=1.18"
+MAX_CONFIG_BYTES = 1 << 20  # a real model_config.json is a few KB; refuse a huge one before parsing it
 
 
 # How answers are made and routed (src.inference.calibration). ``overflow``: the last class means
@@ -56,26 +62,44 @@ ANSWER_KEYS = (
 )
 # Provenance of the fitted values (validation split, target accuracy, ECE): informative only.
 CALIBRATION_KEY = "calibration"
+# Where the model came from (src.training.provenance): data, code version, date, test metrics.
+PROVENANCE_KEY = "provenance"
 
 
 def model_config(
-    net: CountNet, image_size: int, decision_rule: str, answers: dict[str, Any] | None = None
+    net: CountNet,
+    image_size: int | None,
+    decision_rule: str,
+    answers: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    num_classes = net.spec["num_classes"]
-    config = {
-        "net": net.spec,
-        "image_size": int(image_size),
-        "decision_rule": decision_rule,
-        "classes": list(range(num_classes)),
-        "preprocessing": {"resize": [int(image_size)] * 2, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
-    }
+    """``model_config.json`` of ``net``. ``image_size`` (None: the net's own) is the size the net was
+    trained at; the net's preprocessing otherwise. ``answers``: ANSWER_KEYS settings (a legacy
+    ``overflow=True`` on a net built without a tail reads its last class as the tail)."""
     answers = dict(answers or {})
     for key in answers:
         if key not in (*ANSWER_KEYS, CALIBRATION_KEY):
             raise ValueError(f"Unknown answer setting {key!r}; valid: {', '.join((*ANSWER_KEYS, CALIBRATION_KEY))}")
-    if answers.get("overflow"):
-        answers.setdefault("max_count", num_classes - 2)
+    spec = net.spec
+    if answers.get("overflow") and not spec["tail"] and answers.get("max_count", spec["num_classes"] - 2) >= 1:
+        labels = LabelSpace(answers.get("max_count", spec["num_classes"] - 2), True)
+        spec.update(labels.to_dict())
+    prep = net.preprocessing if image_size is None else Preprocessing.from_dict(spec["preprocessing"], int(image_size))
+    spec["preprocessing"] = prep.to_dict()
+    num_classes = spec["num_classes"]
+    config = {
+        "net": spec,
+        "image_size": prep.size,
+        "decision_rule": decision_rule,
+        "classes": list(range(num_classes)),
+        "preprocessing": prep.to_dict(),
+        # The label space, explicit in every artifact (older ones: 0..num_classes - 1, no tail).
+        "max_count": spec["max_count"],
+        **({"overflow": True} if spec["tail"] else {}),
+    }
     config.update({k: v for k, v in answers.items() if v is not None})
+    if provenance:
+        config[PROVENANCE_KEY] = provenance
     check_answers(config)
     return config
 
@@ -85,6 +109,12 @@ def answer_settings(config: dict[str, Any]) -> dict[str, Any]:
     return {k: config[k] for k in (*ANSWER_KEYS, CALIBRATION_KEY) if k in config}
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr`` cut to ``limit`` characters: an error message stays one short line whatever the input."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text):,} characters)"
+
+
 def check_answers(config: dict[str, Any], where: str = CONFIG_FILE) -> None:
     """Refuse answer settings that contradict the network or each other."""
     num_classes = len(config["classes"])
@@ -92,9 +122,13 @@ def check_answers(config: dict[str, Any], where: str = CONFIG_FILE) -> None:
     max_count = config.get("max_count", num_classes - 1 - overflow)
     if max_count != num_classes - 1 - overflow:
         raise ValueError(
-            f"{where}: max_count={max_count} with overflow={overflow} needs {max_count + 1 + overflow} classes, "
-            f"the network has {num_classes}"
+            f"{where}: max_count={_short(max_count)} with overflow={overflow} needs "
+            f"{max_count + 1 + overflow if isinstance(max_count, int) else '?'} classes, the network has {num_classes}"
         )
+    net = config.get("net") or {}
+    if "tail" in net and (bool(net["tail"]) != overflow or net.get("max_count", max_count) != max_count):
+        raise ValueError(f"{where}: overflow={overflow}, max_count={max_count} contradict the network's label space "
+                         f"(tail={net['tail']}, max_count={net.get('max_count')})")
     t = config.get("temperature")
     if t is not None and not (isinstance(t, (int, float)) and t > 0):
         raise ValueError(f"{where}: temperature must be a positive number, got {t!r}")
@@ -125,22 +159,28 @@ def export_artifact(
     onnx: bool = False,
     tarball: bool = True,
     answers: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> Path:
     """Write the artifact into ``out_dir`` (and ``model.tar.gz`` beside it). Returns ``out_dir``.
-    ``answers``: the ANSWER_KEYS settings (and ``calibration`` provenance) to record."""
+    ``answers``: the ANSWER_KEYS settings (and ``calibration`` provenance) to record;
+    ``provenance``: where the model came from (``src.training.provenance``)."""
     if decision_rule not in DECISION_RULES:
         raise ValueError(f"Unknown decision rule {decision_rule!r}; valid: {', '.join(DECISION_RULES)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config = model_config(net, image_size, decision_rule, answers)
+    config = model_config(net, image_size, decision_rule, answers, provenance)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
     torch.save(state, out / WEIGHTS_FILE)
     config["weights_sha256"] = file_sha256(out / WEIGHTS_FILE)
-    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    for stale in (ONNX_FILE, INT8_FILE):  # files of an earlier export would not match these weights
+        if (out / stale).is_file() and not (onnx and stale == ONNX_FILE):
+            (out / stale).unlink()
     if onnx:
         from src.inference.backends import export_onnx
 
-        export_onnx(net, out / ONNX_FILE, image_size)
+        export_onnx(net, out / ONNX_FILE, config["image_size"])
+        config["files_sha256"] = {ONNX_FILE: file_sha256(out / ONNX_FILE)}
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     write_code(out, with_onnx=(out / ONNX_FILE).is_file())
     if tarball:
         write_tarball(out)
@@ -165,8 +205,8 @@ def write_code(model_dir: Path, with_onnx: bool = False) -> Path:
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(SRC_ROOT / rel, dest)
     shutil.copyfile(CONTAINER_ENTRY, code / "inference.py")
-    requirements = REQUIREMENTS + ("onnxruntime>=1.18\n" if with_onnx else "")
-    (code / "requirements.txt").write_text(requirements)
+    lines = [*RUNTIME_REQUIREMENTS, *([ONNX_REQUIREMENT] if with_onnx else [])]
+    (code / "requirements.txt").write_text(REQUIREMENTS + "".join(f"{line}\n" for line in lines))
     return code
 
 
@@ -231,6 +271,9 @@ def record_int8(model_dir: str | Path, info: dict[str, Any]) -> dict[str, Any]:
     path = model_dir / CONFIG_FILE
     config = json.loads(path.read_text())
     config["int8"] = {"file": INT8_FILE, **info}
+    config.setdefault("files_sha256", {})[INT8_FILE] = file_sha256(model_dir / INT8_FILE)
+    if (model_dir / ONNX_FILE).is_file():
+        config["files_sha256"].setdefault(ONNX_FILE, file_sha256(model_dir / ONNX_FILE))
     path.write_text(json.dumps(config, indent=2) + "\n")
     write_code(model_dir, with_onnx=True)
     if tarball_path(model_dir).is_file():
@@ -248,10 +291,11 @@ REEXPORT = "re-export the artifact (python export.py <checkpoint> --out <dir>)"
 def validate_config(config: Any, path: str | Path) -> dict[str, Any]:
     """Check everything serving relies on in ``model_config.json``; raise ``ArtifactError`` otherwise.
 
-    Serving applies ``src.data.transforms.eval_transform`` and ``src.models.counting``, so an
-    artifact that expects another preprocessing or an unknown decision rule is refused.
+    Sizes are checked before anything is built from them. The preprocessing served with (top-level
+    ``preprocessing``) must be the one the network was trained with (``net.preprocessing``).
     """
-    from src.models.backbones import BACKBONES
+    from src.models.backbones import backbone_spec
+    from src.models.heads import head_class
 
     def bad(detail: str) -> ArtifactError:
         return ArtifactError(f"{path}: {detail}; {REEXPORT}")
@@ -260,39 +304,47 @@ def validate_config(config: Any, path: str | Path) -> dict[str, Any]:
         raise bad(f"expected a JSON object, got {type(config).__name__}")
     net = config.get("net")
     if not isinstance(net, dict):
-        raise bad('no "net" (the network spec, e.g. {"name": "resnet50", "num_classes": 6})')
-    if net.get("name") not in BACKBONES:
-        raise bad(f"net.name={net.get('name')!r} is not a known backbone ({', '.join(sorted(BACKBONES))})")
+        raise bad('no "net" (the network spec, e.g. {"name": "torchvision/resnet50", "num_classes": 6})')
+    try:
+        backbone_spec(str(net.get("name")))
+        head_class(net.get("head"))
+    except ValueError as err:
+        raise bad(f"net: {_short(str(err), 300)}") from None
     num_classes = net.get("num_classes")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise bad(f"net.num_classes={num_classes!r} must be an integer >= 2")
-    size = config.get("image_size")
-    if isinstance(size, bool) or not isinstance(size, int) or not 16 <= size <= 4096:
-        raise bad(f"image_size={size!r} must be an integer in 16..4096")
-    rule = config.get("decision_rule", "argmax")
-    if rule not in DECISION_RULES:
-        raise bad(f"decision_rule={rule!r} is unknown; valid: {', '.join(DECISION_RULES)}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 2 <= num_classes <= MAX_COUNT_LIMIT + 2:
+        raise bad(f"net.num_classes={_short(num_classes)} must be an integer in 2..{MAX_COUNT_LIMIT + 2}")
     classes = config.get("classes")
     if not isinstance(classes, list) or len(classes) != num_classes:
-        raise bad(f"classes={classes!r} must list the network's {num_classes} classes")
+        shown = f"a list of {len(classes):,}" if isinstance(classes, list) else _short(classes)
+        raise bad(f"classes ({shown}) must list the network's {num_classes} classes")
+    size = config.get("image_size")
+    if isinstance(size, bool) or not isinstance(size, int) or not 16 <= size <= 4096:
+        raise bad(f"image_size={_short(size)} must be an integer in 16..4096")
+    rule = config.get("decision_rule", "argmax")
+    if rule not in DECISION_RULES:
+        raise bad(f"decision_rule={_short(rule)} is unknown; valid: {', '.join(DECISION_RULES)}")
     prep = config.get("preprocessing", {})
     if not isinstance(prep, dict):
-        raise bad(f"preprocessing={prep!r} must be an object")
-    expected = {"resize": [size] * 2, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
-    for key, value in expected.items():
-        if key not in prep:
-            continue
-        try:
-            same = [round(float(v), 6) for v in prep[key]] == [round(float(v), 6) for v in value]
-        except (TypeError, ValueError):
-            same = False
-        if not same:
-            raise bad(f"preprocessing.{key}={prep[key]} differs from this code's {value}")
+        raise bad(f"preprocessing={_short(prep)} must be an object")
+    try:
+        served = Preprocessing.from_dict(prep, size)
+        trained = Preprocessing.from_dict(net["preprocessing"]) if "preprocessing" in net else served
+        if "resize" in prep and [int(v) for v in prep["resize"]] != [size, size]:
+            raise ValueError(f"preprocessing.resize={_short(prep['resize'])} differs from image_size {size}")
+    except (TypeError, ValueError, IndexError) as err:
+        raise bad(f"preprocessing: {_short(str(err), 300)}") from None
+    if not served.same_as(trained):
+        raise bad(f"serves with preprocessing {served.to_dict()} but the network was trained with {trained.to_dict()}")
     try:
         check_answers(config, str(path))  # overflow, temperature, review and verdict settings
-    except ValueError as err:
-        raise ArtifactError(f"{err}; {REEXPORT}") from None
+    except (TypeError, ValueError) as err:
+        raise ArtifactError(f"{_short(str(err), 400)}; {REEXPORT}") from None
     return config
+
+
+def serving_preprocessing(config: dict[str, Any]) -> Preprocessing:
+    """What every backend applies to an image for this (validated) config."""
+    return Preprocessing.from_dict(config.get("preprocessing"), int(config["image_size"]))
 
 
 def read_config(model_dir: str | Path) -> dict[str, Any]:
@@ -303,19 +355,42 @@ def read_config(model_dir: str | Path) -> dict[str, Any]:
             f"{path} not found: {model_dir} is not a model artifact. Train with train.py (writes "
             "<run>/model) or export a checkpoint with `python export.py <ckpt> --out <dir>`."
         )
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ArtifactError(f"{path} is {path.stat().st_size:,} bytes, over the {MAX_CONFIG_BYTES:,} a model config "
+                            f"can be; {REEXPORT}")
     try:
         config = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ArtifactError(f"{path} is not valid JSON ({err}); {REEXPORT}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        raise ArtifactError(f"{path} is not valid JSON ({_short(str(err), 200)}); {REEXPORT}") from None
     return validate_config(config, path)
+
+
+def net_spec(config: dict[str, Any]) -> dict[str, Any]:
+    """The ``CountNet(**spec)`` arguments of a validated config; older artifacts' spec lacks the label
+    space's tail and the preprocessing, which the config's top level records."""
+    spec = dict(config["net"])
+    spec.setdefault("tail", bool(config.get("overflow", False)))
+    spec.setdefault("preprocessing", serving_preprocessing(config).to_dict())
+    return spec
+
+
+def verify_model_file(model_dir: str | Path, name: str, config: dict[str, Any]) -> Path:
+    """``<model_dir>/<name>``, checked against the sha256 the artifact recorded for it. A file whose hash
+    differs (swapped, corrupt, from another export) is refused; artifacts written before files were
+    pinned have no hash to check (re-export to pin them)."""
+    path = Path(model_dir) / name
+    expected = (config.get("files_sha256") or {}).get(name) if name != WEIGHTS_FILE else config.get("weights_sha256")
+    if expected and path.is_file() and file_sha256(path) != expected:
+        raise ArtifactError(f"{path} does not match its sha256 in {CONFIG_FILE}: the file was replaced or is corrupt; "
+                            f"{REEXPORT}")
+    return path
 
 
 def load_artifact(model_dir: str | Path) -> tuple[CountNet, dict[str, Any]]:
     """Rebuild the network from ``model_config.json`` and load ``model.pt``; eval mode, on CPU."""
     model_dir = Path(model_dir)
     config = read_config(model_dir)
-    spec = config["net"]
-    net = CountNet(name=spec["name"], weights=None, num_classes=spec["num_classes"], dropout=spec.get("dropout", 0.0))
+    spec = net_spec(config)
     weights = model_dir / WEIGHTS_FILE
     if not weights.is_file() or weights.stat().st_size == 0:
         raise ArtifactError(f"{weights} is {'empty' if weights.is_file() else 'missing'}; {REEXPORT}")
@@ -323,6 +398,11 @@ def load_artifact(model_dir: str | Path) -> tuple[CountNet, dict[str, Any]]:
     if expected and file_sha256(weights) != expected:
         raise ValueError(f"{weights} does not match the weights_sha256 in {CONFIG_FILE}: the file is corrupt "
                          "or from another model; re-export the artifact (python export.py)")
+    try:
+        net = CountNet(weights=None, **spec)
+    except (TypeError, ValueError) as err:
+        raise ArtifactError(f"{model_dir / CONFIG_FILE}: net {_short(spec, 200)} does not build ({_short(str(err), 200)})"
+                            f"; {REEXPORT}") from None
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
         net.load_state_dict(state)

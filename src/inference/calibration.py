@@ -1,8 +1,9 @@
 """Post-hoc answers a warehouse can act on: temperature scaling, calibration error, the review
 threshold and the expected-quantity verdict. Plain torch; fitted on validation logits.
 
-- Temperature scaling (Guo et al., 2017): one scalar T > 0, probabilities ``softmax(logits / T)``,
-  fitted by minimising the negative log-likelihood. It never changes the argmax.
+- Temperature scaling (Guo et al., 2017): one scalar T > 0 dividing the head's outputs (for the
+  softmax head, probabilities ``softmax(logits / T)``), fitted by minimising the negative
+  log-likelihood. It never changes the argmax of a softmax head.
 - ECE: expected calibration error over 15 equal-width confidence bins (the standard measure).
 - Review threshold (selective prediction): the lowest confidence whose auto-accepted answers
   (confidence >= threshold) reach a target accuracy; answers below it go to a person.
@@ -19,12 +20,15 @@ from dataclasses import dataclass
 
 import torch
 
+from src.models.heads import CountHead, SoftmaxHead
+
 ECE_BINS = 15
 VERDICTS = ("match", "mismatch", "review")
 
 
-def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int = 100) -> float:
-    """The temperature minimising NLL of ``softmax(logits / T)`` on (logits, targets)."""
+def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int = 100,
+                    head: type[CountHead] = SoftmaxHead) -> float:
+    """The temperature minimising the NLL of ``head.probabilities(outputs, T)`` on (outputs, targets)."""
     logits = logits.detach().double()
     targets = targets.long()
     if logits.shape[0] == 0:
@@ -34,7 +38,7 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int =
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(logits / log_t.exp(), targets)
+        loss = torch.nn.functional.nll_loss(head.log_probabilities(logits / log_t.exp()), targets)
         loss.backward()
         return loss
 
@@ -43,8 +47,9 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int =
     return min(max(t, 0.05), 20.0) if math.isfinite(t) else 1.0  # a degenerate fit stays sane
 
 
-def apply_temperature(logits: torch.Tensor, temperature: float | None) -> torch.Tensor:
-    return (logits / (temperature or 1.0)).softmax(-1)
+def apply_temperature(logits: torch.Tensor, temperature: float | None,
+                      head: type[CountHead] = SoftmaxHead) -> torch.Tensor:
+    return head.probabilities(logits, temperature)
 
 
 def ece(confidence: torch.Tensor, correct: torch.Tensor, bins: int = ECE_BINS) -> float:

@@ -1,10 +1,11 @@
 """Lightning checkpoint -> CountNet, without Lightning or Hydra.
 
-A checkpoint names its network: ``BinCounter`` saves ``CountNet.spec`` (backbone name, classes,
-dropout) under ``NET_SPEC_KEY``; the datamodule's ``image_size`` and the module's ``decision_rule``
-are in its hyperparameters. Checkpoints written before the spec was saved are still read: their
-backbone is recognised from the state dict's keys and shapes (resnet18/34/50, mobilenet_v2/v3 and
-efficientnet_b0 all differ) and the head's shape gives the number of classes.
+A checkpoint names its network: ``BinCounter`` saves ``CountNet.spec`` (backbone, head, label space,
+dropout, preprocessing) under ``NET_SPEC_KEY``, and ``CountNet(**spec)`` rebuilds it; the module's
+``decision_rule`` is in its hyperparameters. Older checkpoints are still read: a spec without
+preprocessing takes the datamodule's ``image_size`` with ImageNet statistics (what they trained
+with), and one written before the spec was saved has its torchvision backbone recognised from the
+state dict's keys and shapes and its classes from the head's shape.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torchvision
 
 from src.models.backbones import BACKBONES, CountNet
 
@@ -24,9 +24,15 @@ NET_SPEC_KEY = "net_spec"
 @dataclass
 class CheckpointModel:
     net: CountNet
-    image_size: int
     decision_rule: str
-    overflow: bool = False  # the last class is "more than max_count" (trained with data.overflow)
+
+    @property
+    def image_size(self) -> int:
+        return self.net.preprocessing.size
+
+    @property
+    def overflow(self) -> bool:  # the last class is "more than max_count" (trained with data.overflow)
+        return self.net.labels.tail
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -50,12 +56,17 @@ def _shapes(state: dict[str, torch.Tensor], prefix: str) -> dict[str, tuple[int,
 
 
 def infer_backbone(state: dict[str, torch.Tensor]) -> str:
-    """The backbone name whose torchvision state dict matches ``state['backbone.*']`` exactly."""
+    """The torchvision backbone whose state dict matches ``state['backbone.*']`` exactly (checkpoints
+    without a spec predate every other source)."""
+    import torchvision
+
     have = _shapes(state, "backbone.")
-    for name, (classifier, _) in BACKBONES.items():
+    for name, spec in BACKBONES.items():
+        if spec.source != "torchvision":
+            continue
         with torch.device("meta"):  # build without allocating or initialising weights
-            model = torchvision.models.get_model(name, weights=None)
-        want = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith(classifier + ".")}
+            model = torchvision.models.get_model(spec.model, weights=None)
+        want = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith(spec.classifier + ".")}
         if want == have:
             return name
     raise ValueError(
@@ -86,14 +97,18 @@ def load_checkpoint(
     checkpoint = read_checkpoint(ckpt_path)
     state = net_state(checkpoint)
     spec = dict(checkpoint.get(NET_SPEC_KEY) or legacy_spec(state))
-    if net_name:
-        spec["name"] = net_name
-    net = CountNet(weights=None, **spec)
-    net.load_state_dict(state)
     data_hp = checkpoint.get("datamodule_hyper_parameters") or {}
     module_hp = checkpoint.get("hyper_parameters") or {}
-    size = image_size or data_hp.get("image_size")
-    if not size:
-        raise ValueError(f"{ckpt_path} does not record the training image size; pass image_size=...")
+    if net_name:
+        spec["name"] = net_name
+    if "tail" not in spec:  # before label spaces: the datamodule said whether the last class was overflow
+        spec["tail"] = bool(data_hp.get("overflow", False))
+    if "preprocessing" not in spec:  # before preprocessing travelled with the net: ImageNet statistics
+        size = image_size or data_hp.get("image_size")
+        if not size:
+            raise ValueError(f"{ckpt_path} does not record the training image size; pass image_size=...")
+        spec["preprocessing"] = {"resize": [int(size)] * 2}
+    net = CountNet(weights=None, input_size=image_size, **spec)
+    net.load_state_dict(state)
     rule = decision_rule or module_hp.get("decision_rule", "argmax")
-    return CheckpointModel(net.eval(), int(size), rule, bool(data_hp.get("overflow", False)))
+    return CheckpointModel(net.eval(), rule)

@@ -24,8 +24,9 @@ class FolderPredictions:
     probs: torch.Tensor  # (N, C), calibrated with the artifact's temperature when it has one
     counts: torch.Tensor  # (N,) predicted counts
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
-    logits: torch.Tensor | None = None  # (N, C) raw, before calibration
+    logits: torch.Tensor | None = None  # (N, W) the head's raw outputs
     settings: dict = field(default_factory=dict)  # the predictor's answer settings (predictor_settings)
+    raw_probs: torch.Tensor | None = None  # (N, C) before the temperature: what counts are decided on
 
 
 class _LabelledImages(Dataset):
@@ -108,13 +109,15 @@ def predict_folder(
     order_t = torch.cat(order)
     logits_t = torch.cat(logits)
     probs_t = predictor.calibrate(logits_t)
+    raw_t = predictor.raw_probabilities(logits_t)
     names = [Path(folder.samples[i][0]).relative_to(eval_dir).as_posix() for i in order_t.tolist()]
     return FolderPredictions(
         names=names,
         targets=torch.cat(targets),
         probs=probs_t,
-        counts=predictor.decide(probs_t),
+        counts=predictor.decide_outputs(logits_t),
         skipped=skipped,
         logits=logits_t,
+        raw_probs=raw_t,
         settings=predictor_settings(predictor),
     )

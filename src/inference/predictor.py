@@ -1,9 +1,10 @@
 """``CountPredictor``: a loaded model that turns images into counts, confidences and probabilities.
 
 Every serving path (the SageMaker handler, the HTTP app, predict.py) and evaluation use it, so all
-preprocess with ``src.data.transforms.eval_transform``, decide counts with ``src.models.counting``
-and apply the artifact's temperature, count cuts, review threshold and verdict rule
-(``src.inference.calibration``).
+preprocess with ``src.data.transforms.eval_transform`` and the artifact's recorded preprocessing,
+turn outputs into probabilities with the artifact's head (``src.models.heads``), decide counts with
+``src.models.counting`` and apply the artifact's temperature, count cuts, review threshold and
+verdict rule (``src.inference.calibration``).
 
 One result per image (docs/warehouse.md)::
 
@@ -24,10 +25,12 @@ from typing import Any
 import torch
 from PIL import Image
 
+from src.data.labels import LabelSpace
 from src.data.transforms import eval_transform
 from src.inference.backends import BACKENDS, OnnxRunner, TorchRunner
-from src.inference.calibration import VerdictRule, apply_temperature, needs_review
+from src.inference.calibration import VerdictRule, needs_review
 from src.models.counting import predict_counts
+from src.models.heads import head_class
 
 MAX_BATCH = 32  # images per forward pass; longer lists are split into chunks of this size
 
@@ -45,18 +48,23 @@ class CountPredictor:
         channels_last: bool = True,
         device: str = "cpu",
     ):
+        from src.inference.artifact import serving_preprocessing
+
         self.config = config
-        self.image_size = int(config["image_size"])
+        self.preprocessing = serving_preprocessing(config)
+        self.image_size = self.preprocessing.size
         self.decision_rule = config.get("decision_rule", "argmax")
+        self.head = head_class(config["net"].get("head"))  # outputs -> probabilities
         # Absent in artifacts written before answers were calibrated: they answer exactly as before.
         self.overflow = bool(config.get("overflow", False))
         self.max_count = int(config.get("max_count", len(config["classes"]) - 1 - self.overflow))
+        self.labels = LabelSpace(self.max_count, self.overflow)
         self.temperature = config.get("temperature")
         self.review_threshold = config.get("review_threshold")
         self.count_cuts = config.get("count_cuts")
         thresholds = (config.get("match_threshold"), config.get("mismatch_threshold"))
         self.verdict_rule = VerdictRule(*thresholds) if None not in thresholds else None
-        self.transform = eval_transform(self.image_size)
+        self.transform = eval_transform(self.preprocessing)
         self.backend = backend
         if backend == "torch":
             if net is None:
@@ -76,11 +84,12 @@ class CountPredictor:
     def from_model_dir(
         cls, model_dir: str | Path, backend: str = "torch", channels_last: bool = True, device: str = "cpu"
     ) -> CountPredictor:
-        from src.inference.artifact import INT8_FILE, ONNX_FILE, load_artifact, read_config
+        from src.inference.artifact import INT8_FILE, ONNX_FILE, load_artifact, read_config, verify_model_file
 
         if backend in ("onnx", "onnx-int8"):
-            file = INT8_FILE if backend == "onnx-int8" else ONNX_FILE
-            return cls(None, read_config(model_dir), backend, Path(model_dir) / file)
+            config = read_config(model_dir)
+            file = verify_model_file(model_dir, INT8_FILE if backend == "onnx-int8" else ONNX_FILE, config)
+            return cls(None, config, backend, file)
         net, config = load_artifact(model_dir)
         return cls(net, config, backend, channels_last=channels_last, device=device)
 
@@ -88,7 +97,7 @@ class CountPredictor:
         return torch.stack([self.transform(image) for image in images])
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
-        """Normalised image batch (N, 3, S, S) -> raw logits (N, C), float32 on CPU."""
+        """Normalised image batch (N, 3, S, S) -> the head's raw outputs (N, W), float32 on CPU."""
         return self.runner(batch)
 
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
@@ -96,18 +105,31 @@ class CountPredictor:
         return self.calibrate(self.logits(batch))
 
     def calibrate(self, logits: torch.Tensor) -> torch.Tensor:
-        return apply_temperature(logits, self.temperature)
+        """The head's probabilities of raw outputs, with the artifact's temperature."""
+        return self.head.probabilities(logits, self.temperature)
+
+    def raw_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """The head's probabilities without the temperature: what counts are decided on."""
+        return self.head.probabilities(logits)
+
+    def decide_outputs(self, logits: torch.Tensor) -> torch.Tensor:
+        """Class index per row of raw outputs (``max_count + 1``: the overflow class), decided on the
+        uncalibrated probabilities, so a temperature never changes a count (it would move the
+        ``expected`` rule's sum k * p_k)."""
+        return predict_counts(self.raw_probabilities(logits), self.decision_rule, self.overflow, self.count_cuts)
 
     def decide(self, probs: torch.Tensor) -> torch.Tensor:
-        """Class index per row of calibrated ``probs`` (``max_count + 1``: the overflow class).
-        Decided on the uncalibrated probabilities, softmax(T * log p), so a temperature never
-        changes a count (it would move the ``expected`` rule's sum k * p_k)."""
-        if self.temperature:
-            probs = (self.temperature * probs.double().clamp_min(1e-300).log()).softmax(-1)
+        """Class index per row of *calibrated* ``probs``: for a softmax head the temperature is
+        undone exactly (softmax(T * log p) = softmax(logits)); other heads: use ``decide_outputs``."""
+        if self.temperature and self.temperature != 1.0:
+            if self.head.name != "softmax":
+                raise ValueError(f"decide() cannot undo the temperature of a {self.head.name!r} head; "
+                                 "use decide_outputs(logits)")
+            probs = self.head.probabilities(self.temperature * probs.double().clamp_min(1e-300).log())
         return predict_counts(probs, self.decision_rule, self.overflow, self.count_cuts)
 
     def label(self, index: int) -> str:
-        return f">{self.max_count}" if self.overflow and index > self.max_count else str(index)
+        return self.labels.label(index)
 
     @property
     def num_classes(self) -> int:
@@ -166,12 +188,19 @@ class CountPredictor:
             return self.verdict_rule(p_expected)
         return "match" if answer == expected_class else "mismatch"
 
+    def predict_batch(
+        self, batch: torch.Tensor, ids: list[Any] | None = None, expected: list[int | None] | None = None
+    ) -> list[dict[str, Any]]:
+        """One result per image of a preprocessed batch (N, 3, S, S)."""
+        logits = self.logits(batch)
+        return self.results(self.calibrate(logits), ids, expected, counts=self.decide_outputs(logits))
+
     def predict(
         self, images: list[Image.Image], ids: list[Any] | None = None, expected: list[int | None] | None = None
     ) -> list[dict[str, Any]]:
         results: list[dict[str, Any]] = []
         for start in range(0, len(images), MAX_BATCH):
             chunk = slice(start, start + MAX_BATCH)
-            probs = self.probabilities(self.preprocess(images[chunk]))
-            results += self.results(probs, ids[chunk] if ids else None, expected[chunk] if expected else None)
+            results += self.predict_batch(self.preprocess(images[chunk]), ids[chunk] if ids else None,
+                                          expected[chunk] if expected else None)
         return results

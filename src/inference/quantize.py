@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from src.data.images import CountFolder
-from src.data.transforms import eval_transform
+from src.data.transforms import Preprocessing, eval_transform
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 METHOD_CHOICES = ("auto", *CALIBRATION_METHODS)
@@ -49,7 +49,7 @@ class Int8Report:
         return self.val_acc_fp32 - self.val_acc_int8
 
 
-def folder_batches(folder: str | Path, image_size: int, limit: int | None = None, batch_size: int = 32,
+def folder_batches(folder: str | Path, image_size: int | Preprocessing, limit: int | None = None, batch_size: int = 32,
                    seed: int = 0, num_classes: int = 6, overflow: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(images float32 NCHW, labels) batches of a count folder (``0/``..``5/``), preprocessed as served.
 
@@ -113,12 +113,12 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: Call
 
 def answers(runner: Callable, batches: Iterator[tuple[np.ndarray, np.ndarray]],
             decide: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(answered class, label) per image of ``runner(images) -> logits`` over labelled batches;
-    ``decide(probabilities) -> class`` (default argmax)."""
+    """(answered class, label) per image of ``runner(images) -> outputs`` over labelled batches;
+    ``decide(outputs) -> class`` (default: the largest output, a softmax head's argmax)."""
     predicted, labels = [], []
     for images, y in batches:
-        probs = torch.as_tensor(np.asarray(runner(images))).softmax(-1)
-        predicted.append((decide(probs) if decide else probs.argmax(-1)).numpy())
+        outputs = torch.as_tensor(np.asarray(runner(images)))
+        predicted.append((decide(outputs) if decide else outputs.argmax(-1)).numpy())
         labels.append(y)
     return np.concatenate(predicted), np.concatenate(labels)
 
@@ -147,18 +147,19 @@ def build_int8(model_dir: str | Path, data_dir: str | Path, calib_images: int = 
     fp32 and int8 answers on ``<data_dir>/val`` and, when the drop is within ``tolerance``, write
     ``model_int8.onnx`` and record it in ``model_config.json``. Raises ``AccuracyDropError`` (and writes
     nothing) otherwise. ``method="auto"``: every calibration method, the most accurate kept."""
-    from src.inference.artifact import INT8_FILE, ONNX_FILE, read_config, record_int8
+    from src.inference.artifact import INT8_FILE, ONNX_FILE, read_config, record_int8, serving_preprocessing
     from src.inference.backends import OnnxRunner
     from src.models.counting import predict_counts
+    from src.models.heads import head_class
 
     if method not in METHOD_CHOICES:
         raise ValueError(f"Unknown calibration method {method!r}; valid: {', '.join(METHOD_CHOICES)}")
     model_dir, data_dir = Path(model_dir), Path(data_dir)
     config = read_config(model_dir)
-    size, classes = int(config["image_size"]), len(config["classes"])
+    size, classes = serving_preprocessing(config), len(config["classes"])
     overflow = bool(config.get("overflow"))  # the last class is read from <split>/6plus/
-    rule, cuts = config.get("decision_rule", "argmax"), config.get("count_cuts")
-    decide = lambda probs: predict_counts(probs, rule, overflow, cuts)  # noqa: E731 - what the model answers
+    rule, cuts, head = config.get("decision_rule", "argmax"), config.get("count_cuts"), head_class(config["net"].get("head"))
+    decide = lambda outputs: predict_counts(head.probabilities(outputs), rule, overflow, cuts)  # noqa: E731 - what the model answers
     for split in ("train", "val"):
         if not (data_dir / split).is_dir():
             raise FileNotFoundError(f"{data_dir / split} not found: --calib-data must be a prepared data folder "

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from src.models.heads import CountHead, SoftmaxHead
+
 WEIGHT_SCHEMES = ("none", "inverse", "sqrt_inverse")
 
 
@@ -28,9 +30,10 @@ def class_weights(counts: torch.Tensor, scheme: str = "none") -> torch.Tensor | 
 
 
 class CountLoss(nn.Module):
-    """Cross-entropy (optionally class-weighted, label-smoothed) plus an optional term that knows
-    counts are ordered: ``distance_weight`` * squared distance between the expected count
-    sum(k * p_k) and the true count, so predicting 4 for a 5 costs less than predicting 0.
+    """The head's own loss (softmax: cross-entropy; optionally class-weighted, label-smoothed) plus
+    an optional term that knows counts are ordered: ``distance_weight`` * squared distance between
+    the expected count sum(k * p_k) and the true count, so predicting 4 for a 5 costs less than 0.
+    ``BinCounter`` binds it to its network's head and label space (``bind``).
 
     Given teacher probabilities (distillation), the loss is ``(1 - distill_weight)`` times the above
     plus ``distill_weight`` * T^2 * KL(teacher || student), both softened by ``distill_temperature``
@@ -58,6 +61,14 @@ class CountLoss(nn.Module):
         self.label_smoothing = label_smoothing
         self.distance_weight = distance_weight
         self.register_buffer("weight", torch.ones(num_classes))
+        self.head: type[CountHead] = SoftmaxHead
+
+    def bind(self, head: type[CountHead], num_classes: int) -> CountLoss:
+        """Score the outputs of ``head`` over ``num_classes`` classes (the net's label space)."""
+        self.head = head
+        if self.weight.numel() != num_classes:
+            self.weight = torch.ones(num_classes, dtype=self.weight.dtype, device=self.weight.device)
+        return self
 
     def set_class_counts(self, counts: torch.Tensor) -> None:
         weights = class_weights(counts, self.weighting)
@@ -69,15 +80,18 @@ class CountLoss(nn.Module):
         if teacher is None or not self.distill_weight:
             return hard
         t = self.distill_temperature
-        soft_teacher = (teacher.clamp_min(1e-8).log() / t).log_softmax(-1)
-        soft = F.kl_div((logits / t).log_softmax(-1), soft_teacher, reduction="batchmean", log_target=True) * t * t
+        sharpened = teacher.clamp_min(1e-8).pow(1.0 / t)  # the teachers' probabilities softened by T
+        soft_teacher = (sharpened / sharpened.sum(-1, keepdim=True)).log()
+        student = self.head.log_probabilities(logits / t)
+        soft = F.kl_div(student, soft_teacher, reduction="batchmean", log_target=True) * t * t
         return (1 - self.distill_weight) * hard + self.distill_weight * soft
 
     def hard_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         weight = self.weight if self.weighting != "none" else None
-        loss = F.cross_entropy(logits, target, weight=weight, label_smoothing=self.label_smoothing)
+        loss = self.head.loss(logits, target, weight=weight, label_smoothing=self.label_smoothing)
         if self.distance_weight:
-            ks = torch.arange(logits.shape[-1], device=logits.device, dtype=logits.dtype)
-            expected = (logits.softmax(-1) * ks).sum(-1)
+            probs = self.head.probabilities(logits)
+            ks = torch.arange(probs.shape[-1], device=probs.device, dtype=probs.dtype)
+            expected = (probs * ks).sum(-1)
             loss = loss + self.distance_weight * F.mse_loss(expected, target.to(logits.dtype))
         return loss

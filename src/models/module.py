@@ -22,7 +22,8 @@ STAGES = ("train", "val", "test")
 
 
 class BinCounter(pl.LightningModule):
-    """Counts objects in a bin image as a 6-way classification (0..5).
+    """Counts objects in a bin image: the net's head gives a probability per class of its label
+    space (0..5 by default), the decision rule a count.
 
     ``optimizer`` and ``scheduler`` arrive as partials (Hydra ``_partial_: true``) and are completed
     here with the trainable parameters. The loss's class weights come from the datamodule's
@@ -46,10 +47,10 @@ class BinCounter(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.net = net
-        self.criterion = criterion
+        self.criterion = criterion.bind(type(net.head), net.num_classes)
         # ModuleDict keys may not shadow Module attributes such as .train, hence the suffixes.
         self.losses = nn.ModuleDict({f"{s}_loss": MeanMetric() for s in STAGES})
-        self.metrics = nn.ModuleDict({f"{s}_metrics": CountMetrics(net.head[-1].out_features) for s in STAGES})
+        self.metrics = nn.ModuleDict({f"{s}_metrics": CountMetrics(net.num_classes) for s in STAGES})
         self.val_acc_best = MaxMetric(sync_on_compute=False)  # fed already-synced values
         self.test_outputs: dict[str, float] = {}
         self.count_cuts: list[float] | None = None  # the exported model's, once fitted (ArtifactExport)
@@ -98,7 +99,8 @@ class BinCounter(pl.LightningModule):
                 f"model.optimizer.lr (now {lr}), clip gradients (trainer.gradient_clip_val=1.0), or drop "
                 "a tiny last training batch (data.drop_last=true)"
             )
-        preds = predict_counts(logits.softmax(-1), self.hparams.decision_rule, cuts=self.count_cuts)
+        probs = self.net.probabilities(logits.detach())
+        preds = predict_counts(probs, self.hparams.decision_rule, self.net.labels.tail, cuts=self.count_cuts)
         self.losses[f"{stage}_loss"].update(loss.detach(), weight=len(y))
         self.metrics[f"{stage}_metrics"].update(preds, y)
         return loss

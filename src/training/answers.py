@@ -14,6 +14,7 @@ from src.inference.artifact import model_config
 from src.inference.calibration import ece, fit_count_cuts, fit_temperature, fit_verdict_thresholds, review_threshold
 from src.inference.predictor import CountPredictor
 from src.models.counting import expected_count, predict_counts
+from src.models.heads import CountHead, SoftmaxHead
 
 log = logging.getLogger(__name__)
 
@@ -27,16 +28,17 @@ def fit_answer_settings(
     verdict_precision: float,
     calibrate: bool = True,
     count_cuts: bool = False,
+    head: type[CountHead] = SoftmaxHead,
 ) -> dict[str, Any]:
-    """The ANSWER_KEYS values (plus ``calibration`` provenance) fitted on validation logits.
+    """The ANSWER_KEYS values (plus ``calibration`` provenance) fitted on validation outputs of ``head``.
     ``count_cuts`` (``expected`` rule only): fit where each count starts (``fit_count_cuts``)."""
-    temperature = fit_temperature(logits, targets) if calibrate else 1.0
-    before = logits.softmax(-1)
+    temperature = fit_temperature(logits, targets, head=head) if calibrate else 1.0
+    before = head.probabilities(logits)
     cuts, provenance = None, {}
     if count_cuts and decision_rule == "expected":
         cuts, provenance = _fit_cuts(before, targets, overflow)
     counts = predict_counts(before, decision_rule, overflow, cuts)
-    after = (logits / temperature).softmax(-1)
+    after = head.probabilities(logits, temperature)
     correct = counts == targets
     conf_before = before.gather(1, counts[:, None])[:, 0]
     conf_after = after.gather(1, counts[:, None])[:, 0]
@@ -83,10 +85,10 @@ def _fit_cuts(probs: torch.Tensor, targets: torch.Tensor, overflow: bool) -> tup
 
 def fit_on_folder(
     net: torch.nn.Module,
-    image_size: int,
+    image_size: int | None,
     decision_rule: str,
     val_dir: str | Path,
-    num_classes: int,
+    num_classes: int | None = None,
     overflow: bool = False,
     target_accuracy: float = 0.9,
     verdict_precision: float = 0.9,
@@ -99,10 +101,12 @@ def fit_on_folder(
 
     answers = {"overflow": True} if overflow else None
     config = model_config(net, image_size, decision_rule, answers)
+    overflow = bool(config.get("overflow"))
     predictor = CountPredictor(net, config, "torch", channels_last=False)
-    pred = predict_folder(predictor, val_dir, num_classes, batch_size)
+    pred = predict_folder(predictor, val_dir, num_classes or len(config["classes"]), batch_size)
     fitted = fit_answer_settings(
-        pred.logits, pred.targets, decision_rule, overflow, target_accuracy, verdict_precision, calibrate, count_cuts
+        pred.logits, pred.targets, decision_rule, overflow, target_accuracy, verdict_precision, calibrate, count_cuts,
+        head=predictor.head,
     )
     cal = fitted["calibration"]
     log.info(

@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 
 from src.inference.artifact import export_artifact
 from src.inference.checkpoint import load_net_weights
+from src.training.provenance import training_provenance
 
 log = logging.getLogger(__name__)
 
@@ -20,40 +21,37 @@ class ArtifactExport(pl.Callback):
     """Write ``artifact_dir`` (model.pt, model_config.json, code/, model.tar.gz) from the best
     checkpoint's weights, or from the final weights when no checkpoint was kept. Rank 0 only.
 
-    ``answers`` (train.yaml's ``answers``): with ``fit``, the temperature, review threshold and
-    verdict thresholds (and with ``count_cuts`` where each count starts) are fitted on ``val_dir``
-    with those weights and stored in the artifact; fitted count cuts also decide the test that
-    follows. ``overflow`` records the "more than max_count" class.
+    The network's own spec gives the label space and the preprocessing. ``answers`` (train.yaml's
+    ``answers``): with ``fit``, the temperature, review threshold and verdict thresholds (and with
+    ``count_cuts`` where each count starts) are fitted on ``val_dir`` with those weights and stored
+    in the artifact; fitted count cuts also decide the test that follows. ``data`` (the data
+    config) and the datamodule's class counts become the artifact's provenance.
     """
 
     def __init__(
         self,
         artifact_dir: str | None,
-        image_size: int,
         onnx: bool = False,
         answers: Mapping[str, Any] | None = None,
         val_dir: str | None = None,
-        num_classes: int = 6,
-        overflow: bool = False,
         batch_size: int = 64,
+        data: Mapping[str, Any] | None = None,
     ):
         self.artifact_dir = artifact_dir
-        self.image_size = image_size
         self.onnx = onnx
         self.answers = dict(answers or {})
         self.val_dir = val_dir
-        self.num_classes = num_classes
-        self.overflow = overflow
         self.batch_size = batch_size
+        self.data = dict(data or {})
         self.path: Path | None = None
 
     def fit_answers(self, net, decision_rule: str) -> dict[str, Any] | None:
         if not self.answers.get("fit", False) or not self.val_dir:
-            return {"overflow": True} if self.overflow else None
+            return None
         from src.training.answers import fit_on_folder
 
         return fit_on_folder(
-            net, self.image_size, decision_rule, self.val_dir, self.num_classes, overflow=self.overflow,
+            net, None, decision_rule, self.val_dir,
             target_accuracy=self.answers.get("target_accuracy", 0.9),
             verdict_precision=self.answers.get("verdict_precision", 0.9),
             calibrate=self.answers.get("calibrate", True), batch_size=self.batch_size,
@@ -77,7 +75,10 @@ class ArtifactExport(pl.Callback):
             net = load_net_weights(copy.deepcopy(net), best)
         rule = pl_module.hparams.decision_rule
         answers = self.fit_answers(net, rule)  # in the artifact only: every rank's metrics stay equal
-        self.path = export_artifact(net, self.image_size, rule, self.artifact_dir, onnx=self.onnx, answers=answers)
+        counts = getattr(getattr(trainer, "datamodule", None), "class_counts", None)
+        provenance = training_provenance(self.data, net.spec, counts.tolist() if counts is not None else None)
+        self.path = export_artifact(net, None, rule, self.artifact_dir, onnx=self.onnx, answers=answers,
+                                    provenance=provenance)
         log.info("Model artifact written to %s (%s weights)", self.path, "best" if best else "final")
         return (answers or {}).get("count_cuts")
 

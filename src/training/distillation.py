@@ -25,8 +25,8 @@ from tqdm import tqdm
 
 from src.data.datamodule import BinDataModule
 from src.data.images import CountFolder
-from src.data.transforms import eval_transform
-from src.inference.artifact import CONFIG_FILE, WEIGHTS_FILE, file_sha256, load_artifact
+from src.data.transforms import Preprocessing, eval_transform
+from src.inference.artifact import CONFIG_FILE, WEIGHTS_FILE, file_sha256, load_artifact, serving_preprocessing
 from src.training.feature_cache import (
     IndexedImages,
     collate_valid,
@@ -62,8 +62,12 @@ def teacher_key(teachers: list[Path], dataset: CountFolder) -> dict[str, Any]:
     entries = []
     for t in teachers:
         config = json.loads((t / CONFIG_FILE).read_text())
-        entries.append({"weights": config.get("weights_sha256") or file_sha256(t / WEIGHTS_FILE),
-                        "image_size": int(config["image_size"])})
+        entry = {"weights": config.get("weights_sha256") or file_sha256(t / WEIGHTS_FILE),
+                 "image_size": int(config["image_size"])}
+        prep = Preprocessing.from_dict(config.get("preprocessing"), int(config["image_size"]))
+        if not prep.same_as(Preprocessing(prep.size)):  # classic preprocessing keeps earlier cache keys valid
+            entry["preprocessing"] = prep.to_dict()
+        entries.append(entry)
     return {
         "version": CACHE_VERSION,
         "teachers": entries,
@@ -74,18 +78,22 @@ def teacher_key(teachers: list[Path], dataset: CountFolder) -> dict[str, Any]:
 
 @torch.inference_mode()
 def _teacher_probabilities(teachers: list[Path], dataset: CountFolder, batch_size: int, num_workers: int) -> torch.Tensor:
-    """(N, 2, C) mean softmax of the teachers on each image (0) and its mirror (1); NaN where undecodable.
+    """(N, 2, C) mean probabilities (each teacher's head, no temperature) of the teachers on each image
+    (0) and its mirror (1); NaN where undecodable.
 
-    Each image is decoded once per distinct teacher input size, not once per teacher.
+    Each image is decoded once per distinct teacher preprocessing, not once per teacher.
     """
-    loaded = [load_artifact(t) for t in teachers]
-    num_classes = loaded[0][0].head[-1].out_features
+    loaded = [(net, serving_preprocessing(config)) for net, config in (load_artifact(t) for t in teachers)]
+    num_classes = loaded[0][0].num_classes
+    if any(net.num_classes != num_classes for net, _ in loaded):
+        raise ValueError(f"Teachers answer different label spaces: {[net.labels.describe() for net, _ in loaded]}")
     total = torch.zeros(len(dataset), 2, num_classes)
     decoded = torch.zeros(len(dataset), dtype=torch.bool)
-    for size in sorted({int(config["image_size"]) for _, config in loaded}):
-        nets = [net.to(memory_format=torch.channels_last) for net, config in loaded if int(config["image_size"]) == size]
+    preps = sorted({prep for _, prep in loaded}, key=lambda p: (p.size, p.interpolation, p.mean, p.std))
+    for prep in preps:
+        nets = [net.to(memory_format=torch.channels_last) for net, p in loaded if p == prep]
         images = copy.copy(dataset)  # the same file list, without walking the folder again
-        images.transform = eval_transform(size)
+        images.transform = eval_transform(prep)
         loader = DataLoader(IndexedImages(images), batch_size=batch_size, num_workers=num_workers,
                             collate_fn=collate_valid, generator=torch.Generator())
         for batch in tqdm(loader, desc=f"{len(teachers)} teachers", unit="batch", disable=None):  # terminal only
@@ -95,7 +103,7 @@ def _teacher_probabilities(teachers: list[Path], dataset: CountFolder, batch_siz
             decoded[idx] = True
             for side, view in enumerate((x, x.flip(-1))):
                 view = view.contiguous(memory_format=torch.channels_last)
-                total[idx, side] += sum(net(view).softmax(-1) for net in nets)
+                total[idx, side] += sum(net.probabilities(net(view)) for net in nets)
     total[~decoded] = float("nan")
     return total / len(teachers)
 

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from src.data.datamodule import BinDataModule
 from src.data.images import CountFolder
-from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from src.data.transforms import Preprocessing, as_preprocessing, eval_transform
 from src.inference.backends import OnnxRunner, export_onnx
 
 log = logging.getLogger(__name__)
@@ -57,12 +57,13 @@ def weights_fingerprint(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def preprocessing_key(image_size: int) -> dict[str, Any]:
+def preprocessing_key(prep: Preprocessing | int) -> dict[str, Any]:
+    prep = as_preprocessing(prep)
     return {
-        "image_size": int(image_size),
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
-        "transform": repr(eval_transform(image_size)),
+        "image_size": prep.size,
+        "mean": list(prep.mean),
+        "std": list(prep.std),
+        "transform": repr(eval_transform(prep)),
     }
 
 
@@ -174,7 +175,7 @@ class FeatureCache:
         self.computed = 0
         self._weights: str | None = None
 
-    def key(self, dataset: CountFolder, image_size: int, flipped: bool) -> dict[str, Any]:
+    def key(self, dataset: CountFolder, image_size: Preprocessing | int, flipped: bool) -> dict[str, Any]:
         if self._weights is None:  # hashing ~100 MB of ResNet50 once per cache object, not per split
             self._weights = weights_fingerprint(self.backbone)
         return {
@@ -188,7 +189,7 @@ class FeatureCache:
         }
 
     def load_or_compute(
-        self, dataset: CountFolder, image_size: int, flipped: bool = False, device: torch.device | str = "cpu"
+        self, dataset: CountFolder, image_size: Preprocessing | int, flipped: bool = False, device: torch.device | str = "cpu"
     ) -> CachedFeatures:
         """``dataset`` must use :func:`eval_transform` (the cache adds the flip itself)."""
         text, digest = key_digest(self.key(dataset, image_size, flipped))
@@ -197,7 +198,7 @@ class FeatureCache:
         if entry is not None:
             log.info("Feature cache hit: %s (%d images)", path, len(entry["features"]))
             return CachedFeatures(entry["features"], entry["targets"], entry.get("flipped"))
-        entry = self._compute(dataset, flipped, torch.device(device), image_size)
+        entry = self._compute(dataset, flipped, torch.device(device), as_preprocessing(image_size).size)
         save_keyed(path, text, entry)
         log.info("Feature cache written: %s (%d images, flipped=%s)", path, len(entry["features"]), flipped)
         return CachedFeatures(entry["features"], entry["targets"], entry.get("flipped"))
@@ -301,7 +302,7 @@ class FeatureDataModule(BinDataModule):
         images = super()._split(split, train=False)  # eval transform: the cache applies the flip
         flipped = train and self.hparams.hflip
         with torch.random.fork_rng(devices=[]):
-            return self.cache.load_or_compute(images, self.hparams.image_size, flipped, self._device())
+            return self.cache.load_or_compute(images, self.preprocessing_used, flipped, self._device())
 
     @property
     def loader_workers(self) -> int:

@@ -12,6 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
 from src.data.datamodule import check_data_folder
+from src.data.labels import LabelSpace
+from src.training.provenance import record_test_metrics
 from src.utils.config import instantiate_group, log_config_tree, parameter_counts, write_metrics
 
 log = logging.getLogger(__name__)
@@ -25,11 +27,15 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         log_config_tree(cfg, output_dir)
 
     needed = (("train", "val") if cfg.get("train", True) else ()) + (("test",) if cfg.get("test", True) else ())
-    check_data_folder(cfg.data.data_dir, needed, cfg.data.get("generator"), cfg.data.get("prepare"))  # before downloads
+    # Before anything costly (a weights download): the label space agrees with itself and the data.
+    labels = LabelSpace.resolve(cfg.data.get("max_count"), cfg.data.get("overflow", False), cfg.data.get("num_classes"))
+    check_data_folder(cfg.data.data_dir, needed, cfg.data.get("generator"), cfg.data.get("prepare"), labels)
     model: pl.LightningModule = instantiate(cfg.model)
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
+    if hasattr(datamodule, "use_preprocessing"):  # the model says how its images are resized and normalised
+        datamodule.use_preprocessing(model.net.preprocessing)
     if hasattr(datamodule, "attach"):  # data=features: the datamodule runs the model's frozen backbone
-        datamodule.attach(model.net, name=cfg.model.net.get("name"))
+        datamodule.attach(model.net, name=model.net.backbone_spec.model)  # names the cache files
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -60,6 +66,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     for cb in callbacks:  # callbacks with something to report (training health, the exported artifact)
         if hasattr(cb, "summary"):
             metrics.update(cb.summary())
+    if metrics.get("artifact_dir") and trainer.is_global_zero and cfg.get("test", True):
+        record_test_metrics(metrics["artifact_dir"], metrics)  # the model carries its own test numbers
     if trainer.is_global_zero:
         path = write_metrics(metrics, output_dir / "metrics.json")
         log.info("Metrics written to %s", path)
