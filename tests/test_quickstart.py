@@ -91,7 +91,9 @@ def test_latest_run_is_found_and_its_absence_says_make_train(tmp_path, capsys):
 def test_make_evaluate_without_a_run_fails_with_the_fix(tmp_path):
     """A fresh clone: `make evaluate` before `make train` exits 1 and says to train first."""
     env = {**os.environ, "PROJECT_ROOT": str(tmp_path)}  # no logs/ there
-    done = subprocess.run(["make", "evaluate", f"PY={sys.executable}", "STAMP=Makefile"], cwd=ROOT, env=env,
+    stamp = tmp_path / "installed"  # newer than the requirements files: make installs nothing
+    stamp.touch()
+    done = subprocess.run(["make", "evaluate", f"PY={sys.executable}", f"STAMP={stamp}"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     assert "make train" in done.stderr
