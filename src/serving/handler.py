@@ -523,10 +523,10 @@ def predict_batch(
                 records[i].data = None  # the bytes are no longer needed
                 rows.append(i)
         if rows:
-            probs = model.probabilities(torch.stack(tensors))
             ids = [records[i].id for i in rows]
             expected = [records[i].expected for i in rows]
-            for i, result in zip(rows, model.results(probs, ids, expected), strict=True):
+            answers = model.predict_batch(torch.stack(tensors), ids, expected)
+            for i, result in zip(rows, answers, strict=True):
                 results[i] = result
     for i, record in enumerate(records):
         if record.error is not None:
