@@ -24,9 +24,9 @@ def missing_eval_dir_hint(eval_dir: str | Path, model_dir: str | None, ckpt_path
     options = data_options(run_model) if run_model else []
     message = f"evaluation folder {eval_dir} does not exist."
     if options and any(o.startswith("eval_dir=") or o != "data=abid" for o in options):
-        kind = trained_on(run_model)["data"] or "its own data"
-        message += (f" This model was trained on {kind}: add {' '.join(options)} to evaluate it on that data's test "
-                    f"split, or pass eval_dir=<folder with 0..5/ subfolders>.")
+        kind = trained_on(run_model)["data"]
+        message += (f" This model was trained on {f'{kind} data' if kind else 'its own data'}: add {' '.join(options)} "
+                    "to evaluate it on that data's test split, or pass eval_dir=<folder with 0..5/ subfolders>.")
     else:
         message += (" Pass eval_dir=<folder with 0..5/ subfolders> (the test split of the data the model was trained "
                     "on: data=synthetic for the quickstart model), or prepare ABID's test split first with "

@@ -289,13 +289,15 @@ def test_missing_eval_folder_names_the_data_option_the_model_was_trained_with(tm
     (run / ".hydra").mkdir()
     (run / ".hydra" / "hydra.yaml").write_text("hydra:\n  runtime:\n    choices:\n      data: synthetic\n      model: resnet18\n")
     cfg = compose_cfg("evaluate", [f"model_dir={model_dir}", f"eval_dir={tmp_path}/data/abid/test"])
-    with pytest.raises(FileNotFoundError, match="trained on synthetic: add data=synthetic"):
+    with pytest.raises(FileNotFoundError, match="trained on synthetic data: add data=synthetic to evaluate"):
         evaluate_script.run(cfg)
-    # Provenance wins over the run record; a run with its own folder gets eval_dir=<folder>/test.
+    # Provenance wins over the run record; a model trained on a prepared folder gets eval_dir=<folder>/test.
+    prepared = tmp_path / "my_abid"
+    (prepared / "test").mkdir(parents=True)
     config = json.loads((model_dir / "model_config.json").read_text())
-    config["provenance"] = {"data": {"kind": "abid", "source": "/data/my_abid"}}
+    config["provenance"] = {"data": {"kind": "prepared", "source": str(prepared)}}
     (model_dir / "model_config.json").write_text(json.dumps(config))
-    with pytest.raises(FileNotFoundError, match="add data=abid eval_dir=/data/my_abid/test"):
+    with pytest.raises(FileNotFoundError, match=f"trained on prepared data: add eval_dir={prepared}/test"):
         evaluate_script.run(cfg)
     # Nothing known: the generic fix, which still names data=synthetic for the quickstart model.
     bare = export_artifact(tiny_net(3), IMAGE_SIZE, "argmax", tmp_path / "bare" / "model")

@@ -107,3 +107,17 @@ def test_train_prints_the_next_commands(tmp_path):
         assert line in text, line
     make_train = subprocess.run(["make", "-n", "train"], cwd=ROOT, capture_output=True, text=True, timeout=60).stdout
     assert "train.py experiment=quickstart" in make_train and "src.utils.runs --next" in make_train
+
+
+def test_data_options_follow_the_runs_own_folder(tmp_path, monkeypatch):
+    """experiment=abid_sample reads data/abid_sample (set in the experiment, not on the command line):
+    the run's resolved data_dir gives eval_dir; provenance's kind 'prepared' is no config name."""
+    monkeypatch.setenv("PROJECT_ROOT", str(tmp_path))
+    model = _run(tmp_path / "runs", "2026-12-06_02-00-00", choice="abid")
+    (model.parent / ".hydra" / "config.yaml").write_text("data:\n  data_dir: ${paths.data_dir}/abid_sample\n")
+    (model / "model_config.json").write_text('{"provenance": {"data": {"kind": "prepared", "source": "../shared/abid"}}}')
+    assert data_options(model) == [f"eval_dir={tmp_path}/data/abid_sample/test"]
+    (model.parent / ".hydra" / "config.yaml").unlink()  # unknown folder: the data config is the best guess
+    assert data_options(model) == []  # 'prepared' names no config and ../shared/abid has no test split
+    (model / "model_config.json").write_text("{}")
+    assert data_options(model) == ["data=abid"]

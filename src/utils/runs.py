@@ -42,12 +42,25 @@ def _yaml(path: Path) -> Any:
         return None
 
 
-def trained_on(model_dir: str | Path) -> dict[str, str | None]:
-    """What a model was trained on: ``{"data": <config option or None>, "data_dir": <folder or None>}``.
+def _resolve_data_dir(value: Any) -> str | None:
+    """A run's ``data.data_dir`` from its Hydra record: ``${paths.data_dir}``/``${paths.root_dir}``
+    filled in, anything else left unresolved -> None."""
+    if not isinstance(value, str) or not value:
+        return None
+    root = Path(os.environ.get("PROJECT_ROOT", PROJECT_ROOT))
+    value = value.replace("${paths.data_dir}", str(root / "data")).replace("${paths.root_dir}", str(root))
+    return None if "${" in value else value
 
-    Read from the artifact's provenance (``model_config.json`` -> ``provenance.data``: ``kind``,
-    ``source``) where it is recorded, else from the run's Hydra record beside the model folder
-    (``<run>/.hydra/hydra.yaml``: the ``data`` choice; ``overrides.yaml``: a ``data.data_dir=`` override).
+
+def trained_on(model_dir: str | Path) -> dict[str, str | None]:
+    """What a model was trained on: ``{"data": <kind or config option>, "data_dir": <folder or None>}``.
+
+    ``data`` is the artifact's ``provenance.data.kind`` (``synthetic``, ``prepared``) where recorded,
+    else the ``data`` choice in the run's Hydra record beside the model folder
+    (``<run>/.hydra/hydra.yaml``). ``data_dir`` is the folder the run read: a ``data.data_dir=``
+    override, else the run's resolved ``data.data_dir`` (``.hydra/config.yaml``), else the
+    provenance's ``source`` when that folder holds a ``test/`` split (for a prepared dataset it names
+    the raw ABID source instead).
     """
     model_dir = Path(model_dir)
     out: dict[str, str | None] = {"data": None, "data_dir": None}
@@ -56,31 +69,40 @@ def trained_on(model_dir: str | Path) -> dict[str, str | None]:
     except (OSError, ValueError):
         config = {}
     data = ((config.get("provenance") or {}).get("data") or {}) if isinstance(config, dict) else {}
-    if isinstance(data, dict):
-        out["data"] = data.get("kind") if isinstance(data.get("kind"), str) else None
-        source = data.get("source")
-        if isinstance(source, str) and source and not source.startswith("s3://"):
-            out["data_dir"] = source
+    data = data if isinstance(data, dict) else {}
+    if isinstance(data.get("kind"), str) and data["kind"]:
+        out["data"] = data["kind"]
     hydra_dir = model_dir.parent / ".hydra"
     if out["data"] is None:
         choices = ((_yaml(hydra_dir / "hydra.yaml") or {}).get("hydra") or {}).get("runtime", {}).get("choices") or {}
         out["data"] = choices.get("data") if isinstance(choices.get("data"), str) else None
+    for override in _yaml(hydra_dir / "overrides.yaml") or []:
+        if isinstance(override, str) and override.startswith("data.data_dir="):
+            out["data_dir"] = override.split("=", 1)[1]
     if out["data_dir"] is None:
-        for override in _yaml(hydra_dir / "overrides.yaml") or []:
-            if isinstance(override, str) and override.startswith("data.data_dir="):
-                out["data_dir"] = override.split("=", 1)[1]
+        run_data = (_yaml(hydra_dir / "config.yaml") or {}).get("data") or {}
+        out["data_dir"] = _resolve_data_dir(run_data.get("data_dir")) if isinstance(run_data, dict) else None
+    source = data.get("source")
+    if out["data_dir"] is None and isinstance(source, str) and not source.startswith("s3://") and Path(source, "test").is_dir():
+        out["data_dir"] = source
     return out
 
 
 def data_options(model_dir: str | Path) -> list[str]:
     """Options for evaluate.py that test a model on the test split of the data it was trained on:
-    ``["data=synthetic"]``, or ``["data=abid", "eval_dir=<folder>/test"]`` for a run with its own folder."""
+    ``["data=synthetic"]`` for the quickstart model, ``["eval_dir=<folder>/test"]`` for a model
+    trained on a prepared folder (``data=synthetic`` with its own folder gets both)."""
     info = trained_on(model_dir)
     options = []
-    if info["data"] and (PROJECT_ROOT / "configs" / "data" / f"{info['data']}.yaml").is_file():
-        options.append(f"data={info['data']}")
-    if info["data_dir"]:
+    if info["data"] == "synthetic":
+        options.append("data=synthetic")
+        default = str(Path(os.environ.get("PROJECT_ROOT", PROJECT_ROOT)) / "data" / "synthetic")
+        if info["data_dir"] and info["data_dir"].rstrip("/") != default:
+            options.append(f"eval_dir={info['data_dir']}/test")
+    elif info["data_dir"]:
         options.append(f"eval_dir={info['data_dir']}/test")
+    elif info["data"] and (PROJECT_ROOT / "configs" / "data" / f"{info['data']}.yaml").is_file():
+        options.append(f"data={info['data']}")
     return options
 
 
