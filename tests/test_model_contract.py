@@ -155,9 +155,9 @@ def test_offline_efficientnet_lite0_weights_classify_known_imagenet_photos(tmp_p
 
 
 def test_missing_timm_weights_name_the_offline_fix(tmp_path, monkeypatch):
-    from src.models.backbones import WeightsUnavailable
-
     import huggingface_hub.constants
+
+    from src.models.backbones import WeightsUnavailable
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # what an offline machine meets, at once
