@@ -206,7 +206,7 @@ def _train_step(ctx, params: Parameters, data, source_dir: str, execution):
     from sagemaker.core.workflow.functions import Join
     from sagemaker.mlops.workflow import TrainingStep
 
-    from src.cloud.launcher import model_trainer
+    from src.cloud.jobs import model_trainer
 
     checkpoints = Join(on="/", values=[ctx.checkpoint_uri("pipeline"), execution, "train"])
     trainer = model_trainer(ctx, "train", params["TrainInstanceType"], params["TrainInstanceCount"],
@@ -221,7 +221,7 @@ def _tune_step(ctx, params: Parameters, data, source_dir: str, execution):
     from sagemaker.core.workflow.functions import Join
     from sagemaker.mlops.workflow import TuningStep
 
-    from src.cloud.launcher import hyperparameter_tuner
+    from src.cloud.jobs import hyperparameter_tuner
 
     checkpoints = Join(on="/", values=[ctx.checkpoint_uri("pipeline"), execution, "tune"])
     tuner = hyperparameter_tuner(ctx, params["TuneInstanceType"], image_type=ctx.sm.tune.instance_type,
@@ -246,7 +246,7 @@ def _quality_branch(ctx, params: Parameters, branch: str, model_uri, data, sourc
     from sagemaker.core.workflow.properties import PropertyFile
     from sagemaker.mlops.workflow import ConditionStep, FailStep, ModelStep, ProcessingStep, TransformStep
 
-    from src.cloud.launcher import SHAPES, shape_args
+    from src.cloud.jobs import SHAPES, shape_args
 
     sm = ctx.sm
     names = step_names(branch)
@@ -314,7 +314,7 @@ def _quality_branch(ctx, params: Parameters, branch: str, model_uri, data, sourc
 def _model_builder(ctx, model_uri):
     from sagemaker.serve.model_builder import ModelBuilder
 
-    from src.cloud.launcher import inference_env
+    from src.cloud.jobs import inference_env
 
     return ModelBuilder(
         s3_model_data_url=model_uri, image_uri=ctx.image("inference", ctx.sm.endpoint.instance_type),

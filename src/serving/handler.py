@@ -38,23 +38,24 @@ from PIL import Image, UnidentifiedImageError
 
 from src.data.images import to_rgb
 from src.inference.predictor import MAX_BATCH, CountPredictor
+from src.serving.contract import (  # noqa: F401 - re-exported: the handler's contract
+    ACCEPT_TYPES,
+    CUSTOM_ATTRIBUTES_HEADER,
+    DEFAULT_ACCEPT_ENV,
+    DEFAULT_MAX_BODY_BYTES,
+    EXPECTED_HEADER,
+    IMAGE_TYPES,
+    JSON_TYPE,
+    JSONLINES_TYPES,
+)
 from src.serving.limits import Limits
 
-DEFAULT_MAX_BODY_BYTES = Limits.max_body_bytes
 DEFAULT_MAX_PIXELS = Limits.max_pixels
-IMAGE_TYPES = ("image/jpeg", "image/png", "application/x-image")
-JSON_TYPE = "application/json"
-JSONLINES_TYPES = ("application/jsonlines", "application/x-jsonlines", "application/jsonl")
-ACCEPT_TYPES = (JSON_TYPE, *JSONLINES_TYPES)
-DEFAULT_ACCEPT_ENV = "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT"  # the toolkit's default for a missing or */* Accept
 IMAGE_FORMATS = ("JPEG", "PNG")
 MAX_ID_CHARS = 256
 # The largest expected quantity any request may carry (a bin never holds more; the model's own range,
 # e.g. 0..5, is checked after this): it bounds the digits parsed, far below Python's 4,300-digit int().
 MAX_EXPECTED_QUANTITY = 1000
-EXPECTED_HEADER = "X-Expected-Quantity"
-# InvokeEndpoint forwards no custom header but this one: CustomAttributes="expected_quantity=3".
-CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
 # Where an expected quantity of a raw-image request came from: every error names its channel.
 HEADER_CHANNEL = f"{EXPECTED_HEADER} header"
 QUERY_CHANNEL = "?expected_quantity= query"

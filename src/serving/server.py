@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from src.serving.handler import DEFAULT_MAX_BODY_BYTES
+from src.serving.contract import DEFAULT_MAX_BODY_BYTES
 
 
 def serve(
