@@ -84,5 +84,6 @@ def test_decision_rules():
     probs = torch.tensor([[0.0, 0.4, 0.0, 0.3, 0.3, 0.0]])
     assert predict_counts(probs, "argmax").item() == 1
     assert predict_counts(probs, "expected").item() == 2  # 0.4 + 0.9 + 1.2 = 2.5 -> round half even 2
-    with pytest.raises(ValueError, match="argmax, expected"):
-        predict_counts(probs, "median")
+    assert predict_counts(probs, "median").item() == 3  # P(count <= 3) = 0.7 is the first >= 1/2
+    with pytest.raises(ValueError, match="argmax, expected, median"):
+        predict_counts(probs, "mode")

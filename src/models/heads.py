@@ -105,3 +105,42 @@ class SoftmaxHead(CountHead):
     def loss(cls, outputs: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
              label_smoothing: float = 0.0) -> torch.Tensor:
         return F.cross_entropy(outputs, target, weight=weight, label_smoothing=label_smoothing)
+
+
+@register_head
+class OrdinalHead(CountHead):
+    """Counts are ordered and open-ended: a CORN head (Shi, Cao and Raschka 2021, "Deep Neural
+    Networks for Rank-Consistent Ordinal Regression Based On Conditional Probabilities", arXiv
+    2111.08851), ``model.net.head=ordinal``.
+
+    ``num_classes - 1`` outputs o_k, k = 0..num_classes - 2: o_k is the logit of the *conditional*
+    probability P(count > k | count > k - 1). Chained, P(count > k) = prod_{j <= k} sigmoid(o_j) is
+    non-increasing in k by construction (rank-consistent, no clipping), and
+    P(count = k) = P(count > k - 1) * sigmoid(-o_k), the last class (a tail "more than max_count",
+    or max_count itself) taking P(count > num_classes - 2). The terms telescope, so the distribution
+    sums to one; everything is computed in log space (logsigmoid), stable for any output.
+
+    The loss is CORN's: a binary cross-entropy for each task k on the images with count >= k (label:
+    count > k). Summed over an image's tasks it is exactly -log P(true count) under the chain above,
+    so the head's default loss (the negative log-likelihood, class weights and label smoothing as
+    for softmax) *is* the CORN loss, averaged per image where coral-pytorch's ``corn_loss`` averages
+    per (image, task) pair: the same minimiser, gradients scaled by about the mean count + 1.
+    A temperature T divides the conditional logits (T > 1 pulls every step toward 1/2).
+    """
+
+    name = "ordinal"
+
+    @staticmethod
+    def out_width(labels: LabelSpace) -> int:
+        return labels.num_classes - 1
+
+    @classmethod
+    def log_probabilities(cls, outputs: torch.Tensor) -> torch.Tensor:
+        log_above = F.logsigmoid(outputs).cumsum(-1)  # log P(count > k), k = 0..W-1
+        log_reached = torch.cat([torch.zeros_like(outputs[..., :1]), log_above[..., :-1]], -1)  # log P(count >= k)
+        return torch.cat([log_reached + F.logsigmoid(-outputs), log_above[..., -1:]], -1)
+
+    @classmethod
+    def above(cls, outputs: torch.Tensor) -> torch.Tensor:
+        """P(count > k) for k = 0..num_classes - 2: non-increasing along the last axis."""
+        return F.logsigmoid(outputs).cumsum(-1).exp()
