@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, WeightedRandomSampler, default_collate
 
-from src.data.images import CountFolder
+from src.data.images import CountFolder, tail_count_folders
 from src.data.labels import LabelSpace
 from src.data.transforms import Preprocessing, build_transform
 
@@ -28,11 +28,16 @@ def check_data_folder(data_dir: str | Path, splits: tuple[str, ...], generator: 
                       prepare: dict | None = None, labels: LabelSpace | None = None) -> None:
     """Fail fast, before anything costly (a weights download), when ``data_dir`` lacks a split the
     run needs and nothing (``generator``, ``prepare``) would create it, or when its class folders
-    contradict the label space (a tail class with no ``6plus/`` folder would silently learn nothing)."""
+    contradict the label space: a tail class needs images, from a ``6plus/`` folder or numeric
+    count folders above max_count (``prepare_data.py max_count=null``), or from a generator that
+    draws more than max_count items (``data.generator.max_items``); else it would learn nothing."""
     if labels is not None and labels.tail and generator:
-        raise ValueError(f"data.overflow=true needs a '{labels.folders[-1]}' class folder, and the synthetic "
-                         f"generator draws counts 0..{labels.max_count} only: set data.overflow=false, or train "
-                         "on data prepared with `prepare_data.py overflow=true`")
+        if int(generator.get("max_items") or 5) <= labels.max_count:
+            raise ValueError(
+                f"data.overflow=true needs images for its class '{labels.folders[-1]}' (more than {labels.max_count} "
+                f"items), and the synthetic generator draws 0..{int(generator.get('max_items') or 5)}: set "
+                f"data.overflow=false, or data.generator.max_items above {labels.max_count} "
+                "(e.g. experiment=allcount_quickstart)")
     if generator or prepare:
         return
     missing = [s for s in splits if not (Path(data_dir) / s).is_dir()]
@@ -41,12 +46,14 @@ def check_data_folder(data_dir: str | Path, splits: tuple[str, ...], generator: 
             f"Data folder {data_dir} has no {', '.join(missing)} split(s). " + PREPARE_HINT.format(path=data_dir)
         )
     if labels is not None and labels.tail and "train" in splits:
-        tail = Path(data_dir) / "train" / labels.folders[-1]
-        if not tail.is_dir():
+        train = Path(data_dir) / "train"
+        tail = train / labels.folders[-1]
+        if not tail.is_dir() and not tail_count_folders(train, labels.max_count):
             raise ValueError(
-                f"data.overflow=true reads the class '>{labels.max_count}' from {tail}/, which does not exist: "
-                f"set data.overflow=false (counts 0..{labels.max_count}), or prepare the data with "
-                "`prepare_data.py overflow=true`"
+                f"data.overflow=true reads the class '>{labels.max_count}' from {tail}/, which does not exist, nor "
+                f"does any count folder above {labels.max_count} in {train}/: set data.overflow=false (counts "
+                f"0..{labels.max_count}), or prepare the data with `prepare_data.py overflow=true` or "
+                "`prepare_data.py max_count=null` (every count)"
             )
 
 
@@ -76,7 +83,8 @@ class BinDataModule(pl.LightningDataModule):
     ``weighted_sampler`` draws training images with probability inverse to their class frequency.
     ``data=features`` selects its subclass ``FeatureDataModule`` (cached frozen-backbone features).
     ``overflow`` reads one extra last class, "more than max_count" (``<split>/6plus/`` written by
-    ``prepare_data.py overflow=true``); ``num_classes`` then counts it (7 for 0..5 plus 6plus).
+    ``prepare_data.py overflow=true``, and every numeric folder above max_count, as
+    ``prepare_data.py max_count=null`` writes them); ``num_classes`` then counts it (7 for 0..5 plus 6plus).
     ``prepare`` (settings of ``src.data.prepare.prepare`` minus ``output``) prepares raw ABID into
     ``data_dir`` first when it holds no finished preparation (no ``manifest.json``).
     """

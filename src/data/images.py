@@ -50,13 +50,24 @@ def image_problem(path: str | Path) -> str | None:
         return f"unreadable ({err.strerror or err})"
 
 
+def tail_count_folders(directory: str | Path, max_count: int) -> list[str]:
+    """Names of the count folders (plain decimal digits) in ``directory`` above ``max_count``."""
+    try:
+        names = [p.name for p in Path(directory).iterdir() if p.is_dir()]
+    except OSError:
+        return []
+    return sorted((n for n in names if n.isascii() and n.isdigit() and int(n) > max_count), key=int)
+
+
 class CountFolder(ImageFolder):
     """ImageFolder whose class index *is* the object count: folder ``3`` is class 3.
 
     Class folders are ``0..num_classes-1`` whatever subset exists on disk (torchvision would
     otherwise renumber them alphabetically and silently shift labels when a class is missing).
-    With ``overflow`` the last class is "more than max_count" (max_count = num_classes - 2), read
-    from the folder ``overflow_folder(max_count)`` (``6plus``). Files that fail the validity check,
+    With ``overflow`` the last class is "more than max_count" (max_count = num_classes - 2), the
+    tail: it reads the folder ``overflow_folder(max_count)`` (``6plus``) if there is one *and* every
+    numeric folder above max_count (``7/``, ``12/``, ... as ``prepare_data.py max_count=null`` keeps
+    every count), so one all-count preparation trains any label space. Files that fail the validity check,
     special files and symlinks that leave the folder or loop are skipped and listed in ``skipped``
     as (path, reason).
     """
@@ -88,13 +99,16 @@ class CountFolder(ImageFolder):
             classes = [str(i) for i in range(self.num_classes - 1)] + [overflow_folder(self.num_classes - 2)]
         else:
             classes = [str(i) for i in range(self.num_classes)]
-        present = [c for c in classes if (Path(directory) / c).is_dir()]
+        class_to_idx = {c: i for i, c in enumerate(classes)}
+        if self.overflow:  # every count above max_count is the tail's: folders 7/, 12/, ... (max_count 5)
+            class_to_idx.update({name: len(classes) - 1 for name in tail_count_folders(directory, self.num_classes - 2)})
+        present = [c for c in class_to_idx if (Path(directory) / c).is_dir()]
         if not present:
             raise FileNotFoundError(
                 f"{directory} has no class folders {', '.join(classes)}; "
                 "expected <split>/<count>/<image>.jpg"
             )
-        return classes, {c: i for i, c in enumerate(classes)}
+        return classes, class_to_idx
 
     def make_dataset(self, directory: str, class_to_idx: dict[str, int], extensions=None, is_valid_file=None,
                      allow_empty: bool = False) -> list[tuple[str, int]]:

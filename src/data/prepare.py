@@ -2,7 +2,10 @@
 
 Source and output are each a local folder or an ``s3://`` prefix (see ``storage``). The job reads
 every selected metadata JSON, keeps counts ``0..max_count`` (with ``overflow=True`` also the bins
-holding more, as one extra class in the folder ``6plus`` for max_count 5), assigns splits (``split``), then copies
+holding more, as one extra class in the folder ``6plus`` for max_count 5; with ``max_count=None``
+every count, each in its own folder ``<split>/<count>/``), assigns splits (``split``: stratified by
+count; with every count, counts above 5 with fewer than ``min_stratum`` images are pooled for
+stratifying in the buckets 6-10, 11-20 and 21+, ``split.count_strata``), then copies
 (or resizes) the images with a pool of threads. Every image write is atomic, images already in the
 output are skipped, so a killed job resumes where it stopped and a finished one reruns without
 writing anything. Items that cannot be used are skipped and listed in ``rejects.csv`` with a reason.
@@ -50,7 +53,7 @@ from src.data.abid import (
 )
 from src.data.jsonl_shards import LINES_PER_SHARD, Shards, shard_folder, write_shards
 from src.data.layout import SPLITS, overflow_folder
-from src.data.split import assign_splits, check_fractions, shard_of
+from src.data.split import ALWAYS_OWN_STRATUM, MIN_STRATUM, assign_splits, check_fractions, count_strata, shard_of
 from src.data.storage import LocalStore, Missing, open_store, read_uri, write_if_changed
 
 log = logging.getLogger(__name__)
@@ -319,7 +322,7 @@ def prepare(
     output: str = "data/abid",
     ids: str | None = None,
     ids_format: str = "auto",
-    max_count: int = 5,
+    max_count: int | None = 5,
     fractions: Mapping[str, float] | None = None,
     seed: int = 42,
     resize: int | list[int] | None = None,
@@ -335,10 +338,13 @@ def prepare(
     overflow: bool = False,
     transform_shards: bool = False,
     transform_shard_lines: int = LINES_PER_SHARD,
+    min_stratum: int = MIN_STRATUM,
 ) -> Report:
     """Prepare ``source`` into ``output``; see the module docstring. Raises NothingUsable when nothing is left.
 
     ``shard``: ``None`` (this process does everything), ``"i/n"`` or ``"auto"`` (see ``resolve_shard``).
+    ``max_count``: ``None`` keeps every count as its own class folder (the all-count layout).
+    ``min_stratum``: a count above 5 with fewer images is stratified in a pooled bucket (``split``).
     ``transform_shards``: also pack the test images this instance placed into JSON-lines shards,
     ``transform_shard_lines`` lines each, under ``test_jsonl/`` (``src.data.jsonl_shards``).
     """
@@ -348,14 +354,21 @@ def prepare(
     if resize is not None and not isinstance(resize, int):
         resize = [int(v) for v in resize]
     target_size((1, 1), resize)  # validates the value before any I/O
-    if max_count < 0:
-        raise ValueError(f"max_count must be >= 0, got {max_count}")
+    if max_count is not None and (isinstance(max_count, bool) or not isinstance(max_count, int) or max_count < 0):
+        raise ValueError(f"max_count must be an integer >= 0, or null for every count, got {max_count!r}")
+    if max_count is None and overflow:
+        raise ValueError("overflow=true lumps the counts above max_count into one class, and max_count=null keeps "
+                         "every count as its own: give max_count (e.g. 5) with overflow=true, or drop overflow")
     settings = {
         "source": str(source), "ids": ids, "max_count": max_count, "seed": seed,
         "fractions": fractions, "resize": resize, "jpeg_quality": jpeg_quality,
     }  # fmt: skip
     if overflow:  # only then, so stats.json of a plain preparation reads as before
         settings["overflow"] = True
+    pooled = max_count is None or max_count > ALWAYS_OWN_STRATUM  # only then can a stratum be pooled
+    if pooled:
+        count_strata({}, min_stratum)  # validates min_stratum before any I/O
+        settings["min_stratum"] = min_stratum
     src = open_store(source, unsigned, max_pool_connections=workers)
     out = open_store(output, unsigned=False, max_pool_connections=workers)
     if not dry_run:
@@ -382,7 +395,7 @@ def prepare(
     for name, result in zip(names, results, strict=True):
         if isinstance(result, BadItem):
             rejects.append((name, result.reason, result.detail))
-        elif result > max_count:
+        elif max_count is not None and result > max_count:
             above += 1
             if overflow:  # one class for every count above: the model answers "more than max_count"
                 counts[name] = max_count + 1
@@ -391,7 +404,8 @@ def prepare(
 
     previous = _read_splits(previous_splits, unsigned=unsigned) if previous_splits else {}
     previous.update(_read_splits(out, "splits.csv"))
-    plan = assign_splits(counts, fractions, seed, previous)
+    strata = count_strata(counts, min_stratum) if pooled else None
+    plan = assign_splits(counts, fractions, seed, previous, strata)
     existing = {k for k in out.list() if k.split("/", 1)[0] in SPLITS and k.endswith(".jpg")}
 
     items = [(name, counts[name], plan[name]) for name in sorted(counts)]
@@ -421,6 +435,12 @@ def prepare(
     stale = (k for k in existing - wanted if shard_of(k.rsplit("/", 1)[-1][: -len(".jpg")], shards) == rank)
     report.pruned = sorted(stale) if prune else []
     stats = stats_of(report, settings)
+    if strata is not None:  # which rare counts were stratified together
+        pools: dict[str, list[int]] = {}
+        for name, stratum in strata.items():
+            if isinstance(stratum, str):
+                pools.setdefault(stratum, []).append(counts[name])
+        stats["pooled_strata"] = {k: sorted(set(v)) for k, v in sorted(pools.items())}
     if not dry_run:
         for key in report.pruned:
             out.delete(key)
@@ -437,7 +457,7 @@ def prepare(
 
     verb = "would write" if dry_run else "wrote"
     log.info(
-        "%s %d image(s), %d already there, %d rejected, %d above max_count %d%s, %d stale removed%s, in %.1f s\n%s",
+        "%s %d image(s), %d already there, %d rejected, %d above max_count %s%s, %d stale removed%s, in %.1f s\n%s",
         verb, report.written, report.existing, len(rejects), above, max_count,
         f" (kept as {overflow_folder(max_count)}/)" if overflow else "", len(report.pruned),
         " (dry run)" if dry_run else "", report.seconds, report.table(),
@@ -453,7 +473,7 @@ def prepare(
         top = ", ".join(f"{reason} ({n})" for reason, n in Counter(r for _, r, _ in rejects).most_common(3))
         raise NothingUsable(
             f"nothing usable: none of the {selected} selected item(s) from {src.uri} gave an image "
-            f"with EXPECTED_QUANTITY 0..{max_count}"
+            f"with EXPECTED_QUANTITY 0..{'any' if max_count is None else max_count}"
             + (f"; rejects: {top}, listed in {out.uri}/rejects.csv" if rejects else "")
             + ". Check source=, ids= and max_count=."
         )

@@ -5,12 +5,21 @@ so every class gets its exact share whatever order the source lists them in. A s
 kept: assignments from an earlier run (its ``splits.csv``) are passed in as ``previous`` and never
 change; only new images are ranked, and they fill each class toward its target. Adding or removing
 images therefore never moves an image that was already assigned.
+
+Keeping every count (``prepare_data.py max_count=null``) leaves strata of one or two images for
+the rare high counts (ABID's bins go up to the dozens); stratifying those alone would send each to
+train. ``count_strata`` pools them: counts 0..5 are always their own stratum (so the 0..5 default
+is exactly as before), a count above 5 is its own stratum when it has at least ``min_stratum``
+images, and otherwise joins the pooled stratum of its bucket, 6-10, 11-20 or 21+ (``POOL_BUCKETS``).
+A pooled stratum is split at the fractions as a whole, so the rare counts spread over the splits
+in proportion while no single rare count is guaranteed a test image.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Hashable, Mapping
 
 from src.data.layout import SPLITS
 
@@ -39,6 +48,32 @@ def split_targets(n: int, fractions: Mapping[str, float]) -> dict[str, int]:
     return sizes
 
 
+# Pools of the rare counts above 5: (first, last) count, last None for "and above".
+POOL_BUCKETS = ((6, 10), (11, 20), (21, None))
+ALWAYS_OWN_STRATUM = 5  # counts 0..5: one stratum each, whatever their size
+MIN_STRATUM = 20  # a count above 5 with fewer images than this is pooled
+
+
+def pool_name(count: int) -> str:
+    """The pooled stratum of a rare count above 5: ``"6-10"``, ``"11-20"`` or ``"21+"``."""
+    for first, last in POOL_BUCKETS:
+        if count >= first and (last is None or count <= last):
+            return f"{first}+" if last is None else f"{first}-{last}"
+    raise ValueError(f"count {count} is not above {ALWAYS_OWN_STRATUM}: it is never pooled")
+
+
+def count_strata(counts: Mapping[str, int], min_stratum: int = MIN_STRATUM) -> dict[str, Hashable]:
+    """name -> stratum: its count, or for a count above 5 with fewer than ``min_stratum`` images
+    the pooled bucket ``pool_name(count)`` (module docstring)."""
+    if isinstance(min_stratum, bool) or not isinstance(min_stratum, int) or min_stratum < 1:
+        raise ValueError(f"min_stratum must be a positive integer, got {min_stratum!r}")
+    sizes = Counter(counts.values())
+    return {
+        name: pool_name(c) if c > ALWAYS_OWN_STRATUM and sizes[c] < min_stratum else c
+        for name, c in counts.items()
+    }
+
+
 def check_fractions(fractions: Mapping[str, float]) -> dict[str, float]:
     fractions = {s: float(fractions.get(s, 0.0)) for s in SPLITS}
     extra = set(fractions) - set(SPLITS)
@@ -55,8 +90,10 @@ def assign_splits(
     fractions: Mapping[str, float],
     seed: int,
     previous: Mapping[str, str] | None = None,
+    strata: Mapping[str, Hashable] | None = None,
 ) -> dict[str, str]:
-    """Map each name in ``counts`` (name -> count) to a split.
+    """Map each name in ``counts`` (name -> count) to a split, stratified by count, or by
+    ``strata`` (name -> stratum, e.g. ``count_strata``) where given.
 
     Names found in ``previous`` keep their split. The rest of each class is ranked by hash and
     handed out in SPLITS order to whichever splits are short of their target; when earlier
@@ -64,9 +101,9 @@ def assign_splits(
     """
     fractions = check_fractions(fractions)
     previous = previous or {}
-    by_class: dict[int, list[str]] = {}
+    by_class: dict[Hashable, list[str]] = {}
     for name, count in counts.items():
-        by_class.setdefault(count, []).append(name)
+        by_class.setdefault(count if strata is None else strata[name], []).append(name)
 
     assignment: dict[str, str] = {}
     for names in by_class.values():

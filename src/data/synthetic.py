@@ -28,6 +28,24 @@ log = logging.getLogger(__name__)
 
 # Mildly imbalanced like ABID (few empty bins), so samplers and loss weights have work to do.
 DEFAULT_CLASS_PROBS = (0.08, 0.14, 0.18, 0.20, 0.20, 0.20)
+# Above five items (``max_items``) each count is this much rarer than the one before, as in ABID.
+HIGH_COUNT_DECAY = 0.9
+# Items shrink in fuller bins (area ~ 6 / count above six items), so a dozen still fit on the floor.
+FULL_BIN = 6
+
+
+def class_probs_for(max_items: int | None) -> tuple[float, ...]:
+    """Share of bins per count 0..max_items: the default shares for 0..5 (``None`` or 5: exactly
+    ``DEFAULT_CLASS_PROBS``, so existing datasets stay bit for bit), then each further count
+    ``HIGH_COUNT_DECAY`` times the one before (max_items 12: about 48 % of bins hold more than 5)."""
+    if max_items is None or max_items == len(DEFAULT_CLASS_PROBS) - 1:
+        return DEFAULT_CLASS_PROBS
+    if isinstance(max_items, bool) or not isinstance(max_items, int) or not 1 <= max_items <= 100:
+        raise ValueError(f"max_items must be an integer in 1..100, got {max_items!r}")
+    probs = list(DEFAULT_CLASS_PROBS[: max_items + 1])
+    while len(probs) <= max_items:
+        probs.append(probs[-1] * HIGH_COUNT_DECAY)
+    return tuple(probs)
 MARKER = ".synthetic.json"
 
 
@@ -63,9 +81,9 @@ def _background(rng: np.random.Generator, size: int) -> Image.Image:
     return bg
 
 
-def _object_sprite(rng: np.random.Generator, size: int) -> Image.Image:
+def _object_sprite(rng: np.random.Generator, size: int, scale: float = 1.0) -> Image.Image:
     """One item on a transparent canvas: a box, a bottle, a pouch or an irregular pack."""
-    w = int(size * rng.uniform(0.16, 0.30))
+    w = max(3, int(size * rng.uniform(0.16, 0.30) * scale))
     h = int(w * rng.uniform(0.5, 1.6))
     sprite = Image.new("RGBA", (w, h), (0, 0, 0, 0))
     draw = ImageDraw.Draw(sprite)
@@ -111,8 +129,9 @@ def render_bin(count: int, rng: np.random.Generator, size: int = 128) -> Image.I
     """Render one bin holding ``count`` objects."""
     img = _background(rng, size)
     boxes: list[tuple[int, int, int, int]] = []
+    scale = min(1.0, math.sqrt(FULL_BIN / count)) if count > FULL_BIN else 1.0  # 1 up to six items: as before
     for _ in range(count):
-        sprite = _object_sprite(rng, size)
+        sprite = _object_sprite(rng, size, scale)
         sw, sh = sprite.size
         # Rejection-sample a place where no item hides more than ~40 % of another (partial occlusion).
         for _attempt in range(30):
@@ -176,11 +195,17 @@ def make_imagefolder(
     sizes: dict[str, int],
     image_size: int = 128,
     seed: int = 0,
-    class_probs: tuple[float, ...] = DEFAULT_CLASS_PROBS,
+    class_probs: tuple[float, ...] | None = None,
     workers: int | None = None,
+    max_items: int | None = None,
 ) -> Path:
-    """Write ``<root>/<split>/<count>/<name>.jpg`` for each split in ``sizes``."""
+    """Write ``<root>/<split>/<count>/<name>.jpg`` for each split in ``sizes``: counts 0..5 in the
+    shares ``DEFAULT_CLASS_PROBS``, or 0..``max_items`` (``class_probs_for``), or ``class_probs``."""
     root = Path(root)
+    if class_probs is None:
+        class_probs = class_probs_for(max_items)
+    elif max_items is not None and len(class_probs) != max_items + 1:
+        raise ValueError(f"class_probs gives {len(class_probs)} counts but max_items={max_items}; give one of them")
     jobs = []
     for split, n in sizes.items():
         labels = _counts_for(n, tuple(class_probs), _rng(seed, split, "labels"))
@@ -198,6 +223,8 @@ def ensure_imagefolder(root: str | Path, **params) -> Path:
     root = Path(root)
     params = {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
     params.pop("workers", None)
+    if params.get("max_items") is None:  # the default: the marker of every earlier dataset stays valid
+        params.pop("max_items", None)
     marker = root / MARKER
     if marker.exists() and json.loads(marker.read_text()) == params:
         return root

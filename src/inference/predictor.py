@@ -15,6 +15,18 @@ One result per image (docs/warehouse.md)::
 ``count`` is null for an overflow answer (more than ``max_count``); ``overflow`` only appears for
 models with that class, ``review`` only when the artifact has a review threshold, the last three
 only when the request carried an expected quantity.
+
+Answers for any count (``all_counts``): a model whose label space reaches beyond 0..5
+(``max_count`` > 5) or whose head is not the softmax head (an ordinal head) adds::
+
+    "p_more_than_5": 0.12,        # P(count > 5), with max_count >= 5 (the tail included)
+    "interval": [lo, hi],         # the shortest run of consecutive counts holding >= 80 % of the
+                                  # probability; hi null: "lo or more" (it reaches the tail class)
+    "checked_against": "7" | ">15"  # with an expected quantity: the class it was checked against;
+                                  # ">15": at or above the tail's first count, P(count > 15)
+
+0..5 and 7-class overflow softmax models (every artifact before this) answer exactly as before,
+without these fields.
 """
 
 from __future__ import annotations
@@ -29,7 +41,7 @@ from src.data.labels import LabelSpace
 from src.data.transforms import eval_transform
 from src.inference.backends import BACKENDS, OnnxRunner, TorchRunner
 from src.inference.calibration import VerdictRule, needs_review
-from src.models.counting import predict_counts
+from src.models.counting import INTERVAL_MASS, count_interval, p_more_than, predict_counts
 from src.models.heads import head_class
 
 MAX_BATCH = 32  # images per forward pass; longer lists are split into chunks of this size
@@ -59,6 +71,9 @@ class CountPredictor:
         self.overflow = bool(config.get("overflow", False))
         self.max_count = int(config.get("max_count", len(config["classes"]) - 1 - self.overflow))
         self.labels = LabelSpace(self.max_count, self.overflow)
+        # Counts beyond 0..5 or an ordinal head: each answer also carries P(count > 5), an 80 %
+        # interval and what an expected quantity was checked against (module docstring).
+        self.all_counts = self.max_count > 5 or self.head.name != "softmax"
         self.temperature = config.get("temperature")
         self.review_threshold = config.get("review_threshold")
         self.count_cuts = config.get("count_cuts")
@@ -138,7 +153,8 @@ class CountPredictor:
     def check_expected(self, quantity: int) -> int:
         """The class that ``quantity`` is checked against; ``ValueError`` (with the fix) when this
         model cannot check it. Above ``max_count`` only the overflow class can answer: the verdict
-        then says whether the bin holds *more than* max_count, not that exact number."""
+        then says whether the bin holds *more than* max_count, not that exact number (an
+        ``all_counts`` answer says so: ``checked_against`` ">15")."""
         if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity < 0:
             raise ValueError(f"expected quantity must be a non-negative integer, got {quantity!r}")
         if quantity <= self.max_count:
@@ -165,6 +181,9 @@ class CountPredictor:
         checked = [None if q is None else self.check_expected(q) for q in expected]
         if counts is None:
             counts = self.decide(probs)
+        if self.all_counts:
+            more_than_5 = p_more_than(probs, 5).tolist() if self.max_count >= 5 else None
+            intervals = count_interval(probs, INTERVAL_MASS).tolist()
         out = []
         for i, (index, row) in enumerate(zip(counts.tolist(), probs.tolist(), strict=True)):
             is_over = self.overflow and index > self.max_count
@@ -172,6 +191,11 @@ class CountPredictor:
             if self.overflow:
                 result["overflow"] = is_over
             result.update(confidence=row[index], probabilities=row)
+            if self.all_counts:
+                if more_than_5 is not None:
+                    result["p_more_than_5"] = more_than_5[i]
+                lo, hi = intervals[i]
+                result["interval"] = [lo, None if self.labels.is_tail(hi) else hi]
             if self.review_threshold is not None:
                 result["review"] = needs_review(row[index], self.review_threshold)
             if ids and ids[i] is not None:
@@ -179,6 +203,8 @@ class CountPredictor:
             if checked[i] is not None:
                 p = row[checked[i]]
                 result.update(expected_quantity=expected[i], p_expected=p, verdict=self.verdict(p, index, checked[i]))
+                if self.all_counts:
+                    result["checked_against"] = self.label(checked[i])
             out.append(result)
         return out
 
