@@ -81,9 +81,12 @@ class CountFolder(ImageFolder):
         self.overflow = overflow
         self.skipped: list[tuple[str, str]] = []
         super().__init__(str(root), transform=transform, loader=load_rgb, is_valid_file=self._keep, allow_empty=True)
-        for name in sorted(p.name for p in Path(root).iterdir() if p.is_dir()):
-            if name not in self.class_to_idx:
-                log.warning("Ignoring folder %s/%s: classes are %s", root, name, ", ".join(self.classes))
+        ignored = sorted((p.name for p in Path(root).iterdir() if p.is_dir() and p.name not in self.class_to_idx),
+                         key=lambda n: (not n.isdigit(), int(n) if n.isdigit() else 0, n))
+        if ignored:  # one line: an all-count folder read by a 0..5 model has dozens of them
+            log.warning("Ignoring folder(s) %s in %s: classes are %s%s", ", ".join(ignored), root,
+                        ", ".join(self.classes), " (data.overflow=true reads the counts above into the last class)"
+                        if any(n.isdigit() for n in ignored) and not self.overflow else "")
         present = set(self.targets)
         empty = [c for c in self.classes if self.class_to_idx[c] not in present]
         if empty:
