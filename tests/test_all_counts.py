@@ -230,6 +230,11 @@ def test_prepare_with_max_count_null_keeps_every_count_in_its_own_folder(tmp_pat
         assert found[path.stem] == (path.parts[-3], int(path.parts[-2]))
     with pytest.raises(ValueError, match="overflow=true.*max_count=null"):
         prepare(source=str(source), output=str(tmp_path / "x"), max_count=None, overflow=True, progress=False)
+    # "all", or "None" as Hydra reads max_count=None and a launcher may render a null: every count too.
+    again = prepare(source=str(source), output=str(out), max_count="None", progress=False, workers=2, plot=False)
+    assert again.written == 0 and len(again.dataset) == len(truth)
+    with pytest.raises(ValueError, match="or null for every count"):
+        prepare(source=str(source), output=str(tmp_path / "x"), max_count="five", progress=False)
 
 
 def test_the_real_sample_keeps_every_count_in_every_split_or_pool():

@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 
 # Settings baked into the stored images: a rerun with other values would mix two datasets.
 LOCKED_SETTINGS = ("seed", "fractions", "resize", "jpeg_quality")
+# max_count spelled as text that means "every count" (Hydra reads max_count=None as the text "None").
+ALL_COUNTS = ("all", "null", "none")
 # A SageMaker Processing job tells each instance who it is here (hosts in rank order).
 RESOURCE_CONFIG = "/opt/ml/config/resourceconfig.json"
 RESOURCE_CONFIG_ENV = "BINCOUNT_RESOURCE_CONFIG"  # another path (local stand-ins, tests)
@@ -343,7 +345,8 @@ def prepare(
     """Prepare ``source`` into ``output``; see the module docstring. Raises NothingUsable when nothing is left.
 
     ``shard``: ``None`` (this process does everything), ``"i/n"`` or ``"auto"`` (see ``resolve_shard``).
-    ``max_count``: ``None`` keeps every count as its own class folder (the all-count layout).
+    ``max_count``: ``None`` (or ``"all"``; ``"null"``/``"None"`` as a launcher may render it) keeps
+    every count as its own class folder (the all-count layout).
     ``min_stratum``: a count above 5 with fewer images is stratified in a pooled bucket (``split``).
     ``transform_shards``: also pack the test images this instance placed into JSON-lines shards,
     ``transform_shard_lines`` lines each, under ``test_jsonl/`` (``src.data.jsonl_shards``).
@@ -354,6 +357,8 @@ def prepare(
     if resize is not None and not isinstance(resize, int):
         resize = [int(v) for v in resize]
     target_size((1, 1), resize)  # validates the value before any I/O
+    if isinstance(max_count, str) and max_count.strip().lower() in ALL_COUNTS:
+        max_count = None  # as a launcher or a shell may spell it
     if max_count is not None and (isinstance(max_count, bool) or not isinstance(max_count, int) or max_count < 0):
         raise ValueError(f"max_count must be an integer >= 0, or null for every count, got {max_count!r}")
     if max_count is None and overflow:
