@@ -5,13 +5,13 @@ missing evaluation folder is reported before the model loads, with the option th
 data the model was trained on (``data=synthetic`` for the quickstart model).
 """
 
-import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 import src  # noqa: F401  (sets PROJECT_ROOT for the configs)
+from src.utils.entry import task_wrapper
 
 
 def missing_eval_dir_hint(eval_dir: str | Path, model_dir: str | None, ckpt_path: str | None) -> str | None:
@@ -44,11 +44,9 @@ def run(cfg: DictConfig) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="evaluate")
+@task_wrapper("evaluate")  # a missing folder or model: one line with the fix, not a traceback
 def main(cfg: DictConfig) -> float:
-    try:
-        return run(cfg)["acc"]
-    except FileNotFoundError as err:  # a missing folder or model: one line with the fix, not a traceback
-        sys.exit(f"evaluate: {err}")
+    return run(cfg)["acc"]
 
 
 if __name__ == "__main__":

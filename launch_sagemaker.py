@@ -5,23 +5,19 @@ prints the exact requests (pipeline: its definition) and calls nothing. See READ
 docs/sagemaker_pipeline.md.
 """
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
 import src  # noqa: F401  (sets PROJECT_ROOT for the configs)
+from src.utils.entry import task_wrapper
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="launch")
+@task_wrapper("launch_sagemaker.py")  # LaunchConfigError (a ValueError), missing files, AWS errors: one line
 def main(cfg: DictConfig) -> None:
     from src.cloud.launcher import run_action
-    from src.cloud.settings import LaunchConfigError
 
-    try:
-        run_action(cfg)
-    except LaunchConfigError as err:
-        sys.exit(f"launch_sagemaker.py: {err}")
+    run_action(cfg)
 
 
 if __name__ == "__main__":

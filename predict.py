@@ -26,6 +26,8 @@ import argparse
 import json
 import sys
 
+from src.utils.entry import task_wrapper
+
 EXIT_OK, EXIT_SOME_UNREADABLE, EXIT_USAGE, EXIT_NOTHING_TO_DO, EXIT_MODEL_FAILED = 0, 1, 2, 3, 4
 
 
@@ -112,6 +114,7 @@ def predict_with_progress(predictor, found, batch_size: int):
     return out
 
 
+@task_wrapper("predict", return_code=True)  # what the exit codes above do not cover: one line, exit status 1
 def main(argv=None) -> int:
     args = parse_args(argv)
     from src.serving.predict import find_images

@@ -9,9 +9,11 @@ import hydra
 from omegaconf import DictConfig
 
 import src  # noqa: F401  (sets PROJECT_ROOT for the configs)
+from src.utils.entry import task_wrapper
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="serve")
+@task_wrapper("serve")
 def main(cfg: DictConfig) -> None:
     from src.utils.config import call_target
 

@@ -213,7 +213,7 @@ def test_expected_quantity_from_header_query_and_json(client):
 
 # -- 3. a broken artifact never starts ------------------------------------------------------------
 BROKEN = {
-    "decision_rule": (lambda c: c.update(decision_rule="median"), "decision_rule='median' is unknown"),
+    "decision_rule": (lambda c: c.update(decision_rule="mode"), "decision_rule='mode' is unknown"),
     "image_size": (lambda c: c.update(image_size=0), "image_size=0"),
     "classes": (lambda c: c.update(classes=[0, 1]), "classes=[0, 1]"),
     "preprocessing": (lambda c: c["preprocessing"].update(std=[1, 1, 1]), "preprocessing.std"),
@@ -237,7 +237,7 @@ def test_broken_artifacts_fail_to_load_with_one_line(tiny_model_dir, tmp_path):
     cases = {name: (broken_copy(tiny_model_dir, tmp_path / name.replace(" ", "_"), edit), want)
              for name, (edit, want) in BROKEN.items()}
     cases["empty model.pt"] = (broken_copy(tiny_model_dir, tmp_path / "empty", weights=b""), "model.pt is empty")
-    cases["not torch"] = (broken_copy(tiny_model_dir, tmp_path / "junk", weights=b"PK junk"), "does not load into resnet18")
+    cases["not torch"] = (broken_copy(tiny_model_dir, tmp_path / "junk", weights=b"PK junk"), "does not load into torchvision/resnet18")
     other = io.BytesIO()
     torch.save({"head.1.weight": torch.zeros(3, 3)}, other)
     cases["other net"] = (broken_copy(tiny_model_dir, tmp_path / "other", weights=other.getvalue()), "does not load")
@@ -250,7 +250,7 @@ def test_broken_artifacts_fail_to_load_with_one_line(tiny_model_dir, tmp_path):
 
 def test_app_refuses_a_model_that_cannot_answer(tiny_model_dir):
     net = CountPredictor.from_model_dir(tiny_model_dir)
-    net.decision_rule = "median"  # what an unchecked config would have produced
+    net.decision_rule = "mode"  # what an unchecked config would have produced
     with pytest.raises(StartupError, match="fails on a blank 64x64 image"):
         create_app(net)
 
@@ -264,7 +264,7 @@ def test_serve_py_exits_with_one_line_for_a_broken_artifact(tiny_model_dir, tmp_
     assert out.returncode == 1
     assert "Traceback" not in out.stderr
     last = out.stderr.strip().splitlines()[-1]
-    assert last.startswith("serve: cannot serve") and "decision_rule='median' is unknown" in last
+    assert last.startswith("serve: cannot serve") and "decision_rule='mode' is unknown" in last
 
 
 # -- 4. no silent wrong answers ---------------------------------------------------------------------
@@ -370,7 +370,7 @@ def test_deep_json_and_accept_rules(client, predictor, monkeypatch):
                     headers={"content-type": "application/json"})
     assert r.status_code == 400 and "id" in r.json()["error"]
     calls = []
-    monkeypatch.setattr(predictor, "probabilities", lambda x: calls.append(1) or torch.full((len(x), 6), 1 / 6))
+    monkeypatch.setattr(predictor, "logits", lambda x: calls.append(1) or torch.zeros(len(x), 6))  # the forward pass
     jpeg = photo(2)
     for accept in ("text/csv", "application/json;q=0", "application/json;q=0, application/jsonlines;q=0"):
         r = client.post("/invocations", content=jpeg, headers={"content-type": "image/jpeg", "accept": accept})
@@ -752,7 +752,7 @@ def test_every_response_carries_the_security_headers(predictor, monkeypatch):
         raise RuntimeError("boom")
 
     with TestClient(create_app(predictor), raise_server_exceptions=False) as c:
-        monkeypatch.setattr(predictor, "probabilities", boom)
+        monkeypatch.setattr(predictor, "logits", boom)
         r = c.post("/invocations", content=photo(1), headers={"content-type": "image/jpeg"})
     assert r.status_code == 500 and r.json() == {"error": "Internal error: RuntimeError", "status": 500}
     assert_secured(r.headers)
@@ -842,7 +842,7 @@ def test_requests_past_the_queue_limit_get_a_json_503_with_retry_after(predictor
 
     release = threading.Event()
     slow = copy.copy(predictor)
-    slow.probabilities = lambda x: (release.wait(60), predictor.probabilities(x))[1]
+    slow.logits = lambda x: (release.wait(60), predictor.logits(x))[1]
     with pytest.raises(ValueError, match="max_queue=1 must be at least"):
         create_app(slow, workers=2, max_queue=1, check=False)
     app = create_app(slow, workers=1, max_queue=2, retry_after_s=3, check=False)

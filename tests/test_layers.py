@@ -71,3 +71,50 @@ def test_a_planted_upward_import_is_caught(tmp_path):
     (tmp_path / "training" / "sibling.py").write_text("from src.evaluation.runner import evaluate\n")
     assert upward_imports(tmp_path) == ["data/bad.py: imports src.serving.handler",
                                         "training/sibling.py: imports src.evaluation.runner"]
+
+
+def import_graph(src: Path) -> dict[str, set[str]]:
+    """Module -> the src modules it imports anywhere (lazy imports inside functions too)."""
+    modules = {".".join(p.relative_to(src.parent).with_suffix("").parts): p for p in src.rglob("*.py")
+               if p.name != "__init__.py"}
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets |= {f"{node.module}.{a.name}" for a in node.names} | {node.module}
+            elif isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names}
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    found, state = [], {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                found.append(path[path.index(nxt):] + [nxt] if nxt in path else [node, nxt])
+            elif nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    return found
+
+
+def test_no_module_imports_itself_round_a_circle():
+    """launcher <-> pipeline was the last circle: both now build jobs from src/cloud/jobs.py."""
+    assert cycles(import_graph(SRC)) == []
+
+
+def test_a_planted_circle_is_caught(tmp_path):
+    pkg = tmp_path / "src" / "cloud"
+    pkg.mkdir(parents=True)
+    (pkg / "a.py").write_text("def f():\n    from src.cloud.b import g\n")
+    (pkg / "b.py").write_text("from src.cloud import a\n")
+    assert cycles(import_graph(tmp_path / "src")) == [["src.cloud.a", "src.cloud.b", "src.cloud.a"]]

@@ -52,12 +52,16 @@ def test_artifact_layout_and_config(artifact):
         assert (artifact / rel).is_file(), rel
     config = json.loads((artifact / "model_config.json").read_text())
     assert config.pop("weights_sha256") == hashlib.sha256((artifact / "model.pt").read_bytes()).hexdigest()
+    preprocessing = {"resize": [64, 64], "interpolation": "bilinear", "mean": [0.485, 0.456, 0.406],
+                     "std": [0.229, 0.224, 0.225]}
     assert config == {
-        "net": {"name": "resnet18", "num_classes": 6, "dropout": 0.0},
+        "net": {"name": "torchvision/resnet18", "head": "softmax", "max_count": 5, "tail": False, "num_classes": 6,
+                "dropout": 0.0, "preprocessing": preprocessing},
         "image_size": IMAGE_SIZE,
         "decision_rule": "argmax",
         "classes": [0, 1, 2, 3, 4, 5],
-        "preprocessing": {"resize": [64, 64], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+        "preprocessing": preprocessing,
+        "max_count": 5,
     }
     state = torch.load(artifact / "model.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
@@ -76,7 +80,7 @@ def test_load_artifact_refuses_weights_that_do_not_match_the_hash(artifact, tmp_
 
     copy = Path(shutil.copytree(artifact, tmp_path / "model"))
     state = torch.load(copy / "model.pt", weights_only=True)
-    state["head.1.bias"] += 1.0  # another model's weights under the same config
+    state["head.fc.bias"] += 1.0  # another model's weights under the same config
     torch.save(state, copy / "model.pt")
     with pytest.raises(ValueError, match="does not match the weights_sha256"):
         load_artifact(copy)
@@ -97,7 +101,7 @@ def test_load_artifact_refuses_other_preprocessing(artifact, tmp_path):
     config = json.loads((copy / "model_config.json").read_text())
     config["preprocessing"]["mean"] = [0.5, 0.5, 0.5]
     (copy / "model_config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="preprocessing.mean"):
+    with pytest.raises(ValueError, match=r"preprocessing\.mean=\[0\.5, 0\.5, 0\.5\] is not what the network was trained"):
         load_artifact(copy)
     with pytest.raises(FileNotFoundError, match="export.py"):
         load_artifact(tmp_path)
@@ -132,7 +136,7 @@ def test_checkpoint_loads_without_naming_the_backbone(tmp_path):
     net = tiny_net(1)
     ckpt = fake_checkpoint(net, tmp_path / "epoch_003.ckpt", image_size=48, rule="expected")
     loaded = load_checkpoint(ckpt)
-    assert (loaded.net.name, loaded.image_size, loaded.decision_rule) == ("resnet18", 48, "expected")
+    assert (loaded.net.name, loaded.image_size, loaded.decision_rule) == ("torchvision/resnet18", 48, "expected")
     x = torch.randn(1, 3, 48, 48)
     with torch.no_grad():
         assert torch.equal(loaded.net(x), net(x))
@@ -140,8 +144,8 @@ def test_checkpoint_loads_without_naming_the_backbone(tmp_path):
 
 
 def test_backbone_is_recognised_from_weights():
-    assert infer_backbone(CountNet("mobilenet_v2", None, 6).state_dict()) == "mobilenet_v2"
-    assert infer_backbone(CountNet("resnet34", None, 6).state_dict()) == "resnet34"
+    assert infer_backbone(CountNet("mobilenet_v2", None, 6).state_dict()) == "torchvision/mobilenet_v2"
+    assert infer_backbone(CountNet("resnet34", None, 6).state_dict()) == "torchvision/resnet34"
     with pytest.raises(ValueError, match="net_name"):
         infer_backbone({"backbone.conv.weight": torch.zeros(1)})
 
@@ -164,7 +168,7 @@ def test_export_cli_from_checkpoint(tmp_path, capsys):
     assert (run / "model" / "model_config.json").is_file() and (run / "model.tar.gz").is_file()
     assert "artifact:" in capsys.readouterr().out
     net, config = load_artifact(run / "model")
-    assert config["image_size"] == IMAGE_SIZE and config["net"]["name"] == "resnet18"
+    assert config["image_size"] == IMAGE_SIZE and config["net"]["name"] == "torchvision/resnet18"
 
 
 # -- handler --------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import torch
 
 from src.inference.calibration import accuracy_at_coverage, ece, reliability, risk_coverage, wrong_quantities
 from src.inference.folder import FolderPredictions
+from src.utils.figures import save_figure
 
 COVERAGES = (0.5, 0.8)
 OFFSETS = (1, 2)
@@ -167,10 +168,7 @@ def plot_reliability(calibration: dict[str, Any], path: Path) -> Path:
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
            title="Reliability diagram" + (f" (T = {t:.2f})" if t else " (no temperature)"))
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_risk_coverage(selective: dict[str, Any], path: Path) -> Path:
@@ -190,10 +188,7 @@ def plot_risk_coverage(selective: dict[str, Any], path: Path) -> Path:
     ax.set(xlim=(0, 100), ylim=(0, 101), xlabel="coverage % (most confident answers kept)",
            ylabel="accuracy of kept answers %", title="Risk-coverage")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_answer_plots(metrics: dict[str, Any], out: Path) -> None:

@@ -12,6 +12,7 @@ import torch
 from src.evaluation.answers import answer_metrics, verdicts, write_answer_plots
 from src.inference.folder import FolderPredictions
 from src.models.metrics import metrics_from_confusion
+from src.utils.figures import save_figure
 from src.utils.provenance import describe_model, trained_on_kind
 
 # abid_challenge baseline (ResNet-34 from scratch, full train split, 40 epochs) on its validation split.
@@ -271,10 +272,7 @@ def plot_confusion(cm: list[list[int]], path: Path) -> Path:
             ax.text(j, i, str(cm[i][j]), ha="center", va="center", color="white" if cm[i][j] > top / 2 else "black")
     ax.set(xticks=range(k), yticks=range(k), xlabel="predicted count", ylabel="true count", title="Confusion matrix")
     fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_per_class_accuracy(metrics: dict[str, Any], path: Path) -> Path:
@@ -294,10 +292,7 @@ def plot_per_class_accuracy(metrics: dict[str, Any], path: Path) -> Path:
     ax.axhline(100 * metrics["acc"], color="C0", linestyle="--", linewidth=1, label=f"overall {100 * metrics['acc']:.1f} %")
     ax.set(xticks=xs, xlabel="true count", ylabel="accuracy %", ylim=(0, 100), title="Per-class accuracy")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_report(pred: FolderPredictions, out_dir: str | Path, num_classes: int, extra: dict | None = None) -> dict[str, Any]:

@@ -315,8 +315,8 @@ def validate_config(config: Any, path: str | Path) -> dict[str, Any]:
         raise bad(f"net.num_classes={_short(num_classes)} must be an integer in 2..{MAX_COUNT_LIMIT + 2}")
     classes = config.get("classes")
     if not isinstance(classes, list) or len(classes) != num_classes:
-        shown = f"a list of {len(classes):,}" if isinstance(classes, list) else _short(classes)
-        raise bad(f"classes ({shown}) must list the network's {num_classes} classes")
+        shown = f" (a list of {len(classes):,})" if isinstance(classes, list) and len(classes) > 20 else f"={_short(classes)}"
+        raise bad(f"classes{shown} must list the network's {num_classes} classes")
     size = config.get("image_size")
     if isinstance(size, bool) or not isinstance(size, int) or not 16 <= size <= 4096:
         raise bad(f"image_size={_short(size)} must be an integer in 16..4096")
@@ -334,7 +334,10 @@ def validate_config(config: Any, path: str | Path) -> dict[str, Any]:
     except (TypeError, ValueError, IndexError) as err:
         raise bad(f"preprocessing: {_short(str(err), 300)}") from None
     if not served.same_as(trained):
-        raise bad(f"serves with preprocessing {served.to_dict()} but the network was trained with {trained.to_dict()}")
+        differ = [k for k, v in served.to_dict().items() if v != trained.to_dict()[k]] or ["mean"]
+        key = differ[0]
+        raise bad(f"preprocessing.{key}={served.to_dict()[key]} is not what the network was trained with "
+                  f"({trained.to_dict()[key]}): serving must resize and normalise as training did")
     try:
         check_answers(config, str(path))  # overflow, temperature, review and verdict settings
     except (TypeError, ValueError) as err:

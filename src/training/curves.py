@@ -14,6 +14,8 @@ from pathlib import Path
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
+from src.utils.figures import save_figure
+
 log = logging.getLogger(__name__)
 
 CURVES_FILE = "training_curves.png"
@@ -70,10 +72,7 @@ def plot_curves(curves: Curves, path: str | Path) -> Path:
         ax.xaxis.get_major_locator().set_params(integer=True)
         if ax.has_data():
             ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def run_curves(trainer: pl.Trainer) -> Curves:
