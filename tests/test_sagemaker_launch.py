@@ -122,7 +122,7 @@ def test_train_creates_a_multi_instance_torchrun_job(aws):
         assert f"{code_key}/{name}" in code
     assert not any("/.venv/" in k or k.endswith(".ckpt") for k in code)
     reqs = aws.get_object(Bucket=BUCKET, Key=f"{code_key}/requirements.txt")["Body"].read().decode()
-    assert "torch==" not in reqs and "pytorch-lightning" in reqs
+    assert "torch==" not in reqs and "pytorch-lightning" in reqs and "timm>=1.0,<2" in reqs  # RUNTIME_REQUIREMENTS
     drivers = channels["sm_drivers"].split(f"{BUCKET}/", 1)[1]
     script = aws.get_object(Bucket=BUCKET, Key=f"{drivers}/sm_train.sh")["Body"].read().decode()
     assert "torchrun_driver.py" in script

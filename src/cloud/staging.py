@@ -31,8 +31,17 @@ def stage_source(dest: str | Path, root: Path = ROOT) -> Path:
             shutil.copy2(src, dest / name)
     for name, rel in ROOT_SCRIPTS.items():
         shutil.copy2(root / rel, dest / name)
-    shutil.copy2(CONTAINER_REQUIREMENTS, dest / "requirements.txt")
+    (dest / "requirements.txt").write_text(container_requirements())
     return dest
+
+
+def container_requirements() -> str:
+    """requirements-container.txt plus what building a backbone needs (``RUNTIME_REQUIREMENTS``: the
+    one list the project's requirements.txt and the endpoint's code/requirements.txt share)."""
+    from src.models.backbones import RUNTIME_REQUIREMENTS
+
+    text = CONTAINER_REQUIREMENTS.read_text().rstrip("\n") + "\n"
+    return text + "".join(f"{line}\n" for line in RUNTIME_REQUIREMENTS if line not in text)
 
 
 def tree_digest(folder: str | Path) -> str:
