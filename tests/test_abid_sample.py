@@ -24,7 +24,7 @@ def bucket(tmp_path) -> Path:
 def test_recipe_config_composes():
     cfg = compose_cfg("train", ["experiment=abid_sample"])
     net = cfg.model.net
-    assert (net.name, net.weights, net.freeze_backbone) == ("mobilenet_v2", "IMAGENET1K_V1", False)
+    assert (net.name, net.weights, net.freeze_backbone) == ("torchvision/mobilenet_v2", "IMAGENET1K_V1", False)
     assert cfg.model.decision_rule == "expected"
     assert cfg.data.data_dir.endswith("data/abid_sample")
     assert cfg.data.prepare.source.endswith("../shared/abid") and list(cfg.data.prepare.resize) == [224, 224]
@@ -38,7 +38,7 @@ def test_recipe_config_composes():
 
 def test_capstone_row_config_is_the_capstone_recipe_on_the_sample():
     cfg = compose_cfg("train", ["experiment=abid_capstone"])
-    assert cfg.model.net.name == "mobilenet_v2" and cfg.model.net.freeze_backbone
+    assert cfg.model.net.name == "torchvision/mobilenet_v2" and cfg.model.net.freeze_backbone
     assert cfg.data.weighted_sampler and cfg.model.criterion.weighting == "inverse"
     assert (cfg.data.subset, cfg.trainer.max_epochs, cfg.callbacks.early_stopping) == (0.1, 50, None)
     assert cfg.data.data_dir.endswith("data/abid_sample")

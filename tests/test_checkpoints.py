@@ -71,3 +71,38 @@ def test_old_artifact_without_weights_hash_still_loads(tmp_path):
     x = torch.randn(3, 3, IMAGE_SIZE, IMAGE_SIZE)
     with torch.no_grad():
         assert torch.equal(load_artifact(old)[0](x), load_artifact(model_dir)[0](x))
+
+
+def pre_contract_copy(model_dir, dest, overflow: bool = False):
+    """An artifact exactly as versions before the model contract wrote it: a bare backbone name, no
+    head, label space or preprocessing in the net spec, no interpolation, the head as Sequential
+    (state dict keys ``head.1.*``) and, for an overflow model, only the top-level answer keys."""
+    old = shutil.copytree(model_dir, dest)
+    config = json.loads((old / "model_config.json").read_text())
+    config["net"] = {"name": config["net"]["name"].split("/")[-1], "num_classes": config["net"]["num_classes"],
+                     "dropout": 0.0}
+    config["preprocessing"].pop("interpolation")
+    config.pop("max_count")
+    if overflow:
+        config.update(overflow=True, max_count=config["net"]["num_classes"] - 2)
+    state = torch.load(old / "model.pt", weights_only=True)
+    state = {k.replace("head.fc.", "head.1."): v for k, v in state.items()}
+    torch.save(state, old / "model.pt")
+    config.pop("weights_sha256")
+    (old / "model_config.json").write_text(json.dumps(config))
+    return old
+
+
+@pytest.mark.parametrize("classes", [6, 7])
+def test_pre_contract_artifacts_answer_exactly_as_before(tmp_path, classes):
+    from src.inference.predictor import CountPredictor
+    from src.models.backbones import CountNet
+
+    torch.manual_seed(classes)
+    net = CountNet("resnet18", num_classes=classes, tail=classes == 7, input_size=IMAGE_SIZE).eval()
+    model_dir = export_artifact(net, None, "expected", tmp_path / "model", tarball=False)
+    old = pre_contract_copy(model_dir, tmp_path / "old", overflow=classes == 7)
+    x = torch.randn(5, 3, IMAGE_SIZE, IMAGE_SIZE)
+    new_p, old_p = CountPredictor.from_model_dir(model_dir), CountPredictor.from_model_dir(old)
+    assert old_p.config["net"]["name"] == "resnet18" and old_p.overflow == (classes == 7)
+    assert old_p.predict_batch(x, expected=[3] * 5) == new_p.predict_batch(x, expected=[3] * 5)

@@ -389,7 +389,7 @@ def test_train_writes_the_artifact_of_the_best_checkpoint(tiny_cfg, tmp_path):
     best = objects["trainer"].checkpoint_callback.best_model_path
     from_ckpt, _ = load_predictor(ckpt_path=best)
     from_dir, described = load_predictor(model_dir=model_dir)
-    assert described["image_size"] == 64 and described["net"]["name"] == "resnet18"
+    assert described["image_size"] == 64 and described["net"]["name"] == "torchvision/resnet18"
     x = torch.randn(4, 3, 64, 64)
     assert torch.allclose(from_ckpt.logits(x), from_dir.logits(x), atol=1e-5)  # the same weights
     # the artifact adds the temperature fitted on val (a checkpoint has none)

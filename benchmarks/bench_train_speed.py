@@ -1,0 +1,110 @@
+"""Training speed per backbone on this machine's CPU: ``python -m benchmarks.bench_train_speed``.
+
+For each backbone at its input size, images/s of a full fine-tuning step (forward, backward, SGD with
+momentum; batch 16, random weights: speed does not depend on them) in three layouts side by side:
+fp32 NCHW, fp32 channels_last, and channels_last with bf16 autocast (where the CPU has AVX-512 BF16
+or AMX; bf16 changes the numbers a model learns, so its accuracy must be checked before adoption),
+plus the eval forward (what validation and serving cost). Variants alternate round by round and
+each keeps its best round, so a busy machine slows all alike. From these it estimates minutes per
+run of the sample recipe (12 epochs of 3,015 training and 754 validation images).
+
+Writes ``benchmarks/results/train_speed.json`` (with the CPU and its instruction set) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.run import best_of, hardware
+from src.models.backbones import CountNet
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "train_speed.json"
+BACKBONES = (  # (registry name, input size): MobileNetV2 at the sample recipe's 160 px, the Lites at theirs
+    ("torchvision/mobilenet_v2", 160),
+    ("timm/tf_efficientnet_lite0", 160),
+    ("timm/tf_efficientnet_lite0", 224),
+    ("timm/tf_efficientnet_lite1", 240),
+    ("timm/tf_efficientnet_lite2", 260),
+)
+TRAIN_IMAGES, VAL_IMAGES, EPOCHS = 3015, 754, 12
+
+
+def cpu_flags() -> list[str]:
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return []
+    return sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile"})
+
+
+def train_step(net: CountNet, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, bf16: bool) -> None:
+    opt.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss = F.cross_entropy(net(x), y)
+    loss.backward()
+    opt.step()
+
+
+def measure(name: str, size: int, batch: int, rounds: int, bf16_ok: bool) -> dict:
+    torch.manual_seed(0)
+    nets = {"fp32": CountNet(name, num_classes=6).train(), "channels_last": CountNet(name, num_classes=6).train()}
+    nets["channels_last"].to(memory_format=torch.channels_last)
+    if bf16_ok:
+        nets["channels_last_bf16"] = nets["channels_last"]
+    opts = {k: torch.optim.SGD(n.parameters(), lr=1e-3, momentum=0.9) for k, n in nets.items()}
+    x = torch.randn(batch, 3, size, size)
+    xl = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 6, (batch,))
+    fns = {k: (lambda k=k: train_step(nets[k], opts[k], x if k == "fp32" else xl, y, k.endswith("bf16")))
+           for k in nets}
+    train_s = best_of(fns, rounds)
+    evaluator = nets["channels_last"].eval()
+
+    def forward():
+        with torch.inference_mode():
+            evaluator(xl)
+
+    eval_s = best_of({"eval": forward}, rounds)["eval"]
+    row = {"backbone": name, "input_size": size, "batch": batch,
+           "train_images_per_s": {k: round(batch / s, 2) for k, s in train_s.items()},
+           "eval_images_per_s": round(batch / eval_s, 2)}
+    best = max(row["train_images_per_s"], key=row["train_images_per_s"].get)
+    minutes = EPOCHS * (TRAIN_IMAGES / row["train_images_per_s"][best] + VAL_IMAGES / row["eval_images_per_s"]) / 60
+    row.update(fastest=best, est_minutes_per_run=round(minutes, 1))
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", default="", help="comma-separated backbone names")
+    parser.add_argument("--out", default=str(OUT))
+    args = parser.parse_args()
+    flags = cpu_flags()
+    bf16_ok = bool({"avx512_bf16", "amx_bf16"} & set(flags))
+    rows, start = [], time.perf_counter()
+    for name, size in BACKBONES:
+        if args.only and name not in args.only.split(","):
+            continue
+        rows.append(measure(name, size, args.batch, args.rounds, bf16_ok))
+        r = rows[-1]
+        print(f"{name:30s} {size:4d}px  train img/s " + "  ".join(f"{k} {v:6.1f}" for k, v in r["train_images_per_s"].items())
+              + f"  | eval {r['eval_images_per_s']:6.1f} img/s  | ~{r['est_minutes_per_run']} min/run", flush=True)
+    result = {"hardware": {**hardware(), "cpu_flags": flags}, "bf16_measured": bf16_ok, "rows": rows,
+              "recipe": {"train_images": TRAIN_IMAGES, "val_images": VAL_IMAGES, "epochs": EPOCHS},
+              "seconds": round(time.perf_counter() - start, 1)}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written {args.out}")
+
+
+if __name__ == "__main__":
+    main()
