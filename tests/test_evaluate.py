@@ -18,6 +18,7 @@ from src.evaluation.report import build_metrics, summary_table, write_report
 from src.evaluation.runner import evaluate
 from src.inference.artifact import export_artifact
 from src.inference.folder import FolderPredictions
+from src.models.backbones import CountNet
 from tests.helpers import IMAGE_SIZE, compose_cfg, fake_checkpoint, tiny_net
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -303,3 +304,72 @@ def test_missing_eval_folder_names_the_data_option_the_model_was_trained_with(tm
     bare = export_artifact(tiny_net(3), IMAGE_SIZE, "argmax", tmp_path / "bare" / "model")
     with pytest.raises(FileNotFoundError, match="data=synthetic for the quickstart model.*prepare_data.py"):
         evaluate_script.run(compose_cfg("evaluate", [f"model_dir={bare}", f"eval_dir={tmp_path}/none"]))
+
+
+# -- both levels: every count (hard) and 0..5 (moderate) -----------------------------------------
+def test_levels_against_hand_computed_values_with_a_tail():
+    """A 0..3 model with a tail: folders 7/ and 12/ are read into the tail; the hard level scores the
+    tail answer as 4 (its first count) against the folder's count."""
+    from src.evaluation.levels import level_metrics
+
+    names = ["0/a.jpg", "2/b.jpg", "3/c.jpg", "7/d.jpg", "12/e.jpg", "4plus/f.jpg"]
+    targets = torch.tensor([0, 2, 4, 4, 4, 4])  # class indices: the tail is class 4
+    counts = torch.tensor([0, 3, 4, 4, 2, 4])
+    probs = torch.nn.functional.one_hot(counts, 5).float()
+    pred = FolderPredictions(names, targets, probs, counts, settings={"max_count": 3, "overflow": True})
+    m = level_metrics(pred)
+    assert m["tail_point"] == 4 and m["n_unknown_count"] == 1  # 4plus/: no exact count, left out
+    hard = m["hard"]
+    # points 0, 3, 4, 4, 2 against counts 0, 2, 3, 7, 12: errors 0, 1, 1, -3, -10
+    assert hard["n"] == 5 and hard["acc"] == pytest.approx(1 / 5) and hard["mae"] == pytest.approx(15 / 5)
+    assert hard["rmse"] == pytest.approx(math.sqrt((0 + 1 + 1 + 9 + 100) / 5)) and hard["within1"] == pytest.approx(3 / 5)
+    assert hard["constant"]["count"] == 3  # median of 0, 2, 3, 7, 12
+    assert hard["constant"]["mae"] == pytest.approx((3 + 1 + 0 + 4 + 9) / 5)
+    assert hard["buckets"]["0..5"]["n"] == 3 and hard["buckets"]["6..10"]["n"] == 1 and hard["buckets"]["11+"]["n"] == 1
+    assert hard["buckets"]["11+"]["rmse"] == pytest.approx(10.0)
+    moderate = m["moderate"]
+    assert moderate["n"] == 3 and moderate["acc"] == pytest.approx(1 / 3) and moderate["constant"]["count"] == 2
+
+
+@pytest.fixture(scope="module")
+def allcount_folder(tmp_path_factory) -> Path:
+    """Synthetic bins of 0..8 items."""
+    return make_imagefolder(tmp_path_factory.mktemp("allcount"), {"test": 36}, image_size=64, seed=6, max_items=8,
+                            workers=1) / "test"
+
+
+def test_a_0_to_5_model_reports_bins_above_its_range_as_out_of_range(model_dir, allcount_folder, tmp_path):
+    above = {f.name: len(list(f.glob("*.jpg"))) for f in allcount_folder.iterdir() if f.is_dir() and int(f.name) > 5}
+    assert sum(above.values()) > 0
+    m = evaluate(allcount_folder, tmp_path / "out", model_dir=model_dir, batch_size=16, print_table=False)
+    levels = m["levels"]
+    assert levels["out_of_range"]["n"] == sum(above.values()) and not levels["hard"]["complete"]
+    assert m["n"] == levels["hard"]["n"] == levels["moderate"]["n"]  # only 0..5 scored
+    assert "out_of_range" in [w["kind"] for w in m["warnings"]]
+    assert "out of range, not scored" in summary_table(m)
+
+
+def test_a_tail_model_is_scored_on_every_count_and_predictions_csv_holds_the_distribution(allcount_folder, tmp_path):
+    torch.manual_seed(2)
+    net = CountNet("resnet18", weights=None, max_count=5, tail=True, input_size=IMAGE_SIZE).eval()
+    model = export_artifact(net, IMAGE_SIZE, "argmax", tmp_path / "tail", tarball=False)
+    m = evaluate(allcount_folder, tmp_path / "out", model_dir=model, batch_size=16, print_table=False)
+    assert m["levels"]["hard"]["complete"] and m["levels"]["hard"]["n"] == m["n"] == 36
+    with open(tmp_path / "out" / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {f"p_{k}" for k in range(6)} | {"p_gt5", "count", "point_count"} <= rows[0].keys()
+    truth = np.array([int(r["count"]) for r in rows])
+    point = np.array([int(r["point_count"]) for r in rows])
+    assert truth.tolist() == [int(r["name"].split("/")[0]) for r in rows] and truth.max() > 5
+    assert point.max() <= 6  # the tail answers its first count
+    dist = np.array([[float(r[f"p_{k}"]) for k in range(6)] + [float(r["p_gt5"])] for r in rows])
+    assert np.allclose(dist.sum(1), 1, atol=1e-4)
+    hard = m["levels"]["hard"]
+    assert hard["rmse"] == pytest.approx(np.sqrt(((point - truth) ** 2).mean()))
+    assert hard["within1"] == pytest.approx((np.abs(point - truth) <= 1).mean())
+    moderate = truth <= 5
+    assert m["levels"]["moderate"]["acc"] == pytest.approx((point[moderate] == truth[moderate]).mean())
+    # Any expected quantity can be scored from the file: P(count > 5) for a record of 7 is p_gt5.
+    assert m["check"]["n"] == 36 and "auto_95" in m["check"] and m["check"]["fitted_on"] == "same images (a ceiling)"
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert 'id="levels"' in html and 'id="check"' in html

@@ -78,6 +78,15 @@ def answer_tiles(metrics: dict[str, Any]) -> dict[str, str]:
     return tiles
 
 
+def level_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """The hard and moderate levels, then each count bucket holding images."""
+    levels = metrics.get("levels")
+    if not levels:
+        return []
+    rows = [{"name": "hard: all counts", "v": levels["hard"]}, {"name": "moderate: 0..5", "v": levels["moderate"]}]
+    return rows + [{"name": f"count {name}", "v": v} for name, v in levels["hard"]["buckets"].items() if v["n"]]
+
+
 def worst_mistakes(pred: FolderPredictions, limit: int = GALLERY_SIZE) -> list[int]:
     """Indices of wrong predictions: largest |predicted - true| first, then lowest p(true count)."""
     wrong = (pred.counts != pred.targets).nonzero().flatten().tolist()
@@ -166,6 +175,8 @@ def render_report(
         gallery=gallery,
         n_wrong=int((pred.counts != pred.targets).sum()),
         extras=answer_tiles(metrics),
+        level_rows=level_rows(metrics),
+        promise_rows=[e for k in ("interval", "accepted", "verdicts") if (e := (metrics.get("promises") or {}).get(k))],
     )
 
 

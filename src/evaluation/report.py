@@ -10,6 +10,9 @@ from typing import Any
 import torch
 
 from src.evaluation.answers import answer_metrics, verdicts, write_answer_plots
+from src.evaluation.levels import level_metrics, point_counts, true_counts
+from src.evaluation.promises import broken_promises, check_promises
+from src.evaluation.reconciliation import check_metrics
 from src.inference.folder import FolderPredictions
 from src.models.metrics import metrics_from_confusion
 from src.utils.figures import save_figure
@@ -123,6 +126,13 @@ def honesty_warnings(metrics: dict[str, Any]) -> list[dict[str, str]]:
                 out.append({"kind": "promise_missed", "text": (
                     f"Promised rate missed: '{verdict}' verdicts are {_fmt_pct(value)} right here (checks against the "
                     f"true count and counts off by 1 and 2), the thresholds were fitted for {_fmt_pct(precision)}.")})
+    out += broken_promises(metrics)
+    outside = (metrics.get("levels") or {}).get("out_of_range") or {}
+    if outside.get("n"):
+        out.append({"kind": "out_of_range", "text": (
+            f"{outside['n']} image(s) in count folders above this model's range ({', '.join(outside['folders'])}) "
+            f"were not scored: it counts 0..{metrics['levels']['label_space']['max_count']} and has no 'more than' "
+            "class, so the hard level here covers only the counts it can answer.")})
     if trained_on_kind(metrics.get("model")) == "synthetic" and metrics.get("eval_data") == "photos":
         out.append({"kind": "synthetic_model", "text": (
             "This model was trained on synthetic bins only; these images are not synthetic. Train on real photos "
@@ -130,7 +140,10 @@ def honesty_warnings(metrics: dict[str, Any]) -> list[dict[str, str]]:
     return out
 
 
-def build_metrics(pred: FolderPredictions, num_classes: int) -> dict[str, Any]:
+def build_metrics(pred: FolderPredictions, num_classes: int, eval_dir: str | Path | None = None,
+                  val: FolderPredictions | None = None, promises: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every number of metrics.json. ``val``: the validation split's predictions (the check set's
+    automatic-decision thresholds are fitted there); ``promises``: the artifact's (or fitted on ``val``)."""
     cm = confusion(pred.targets, pred.counts, num_classes)
     metrics: dict[str, Any] = metrics_from_confusion(cm)
     metrics["per_class"] = {
@@ -142,8 +155,12 @@ def build_metrics(pred: FolderPredictions, num_classes: int) -> dict[str, Any]:
     metrics["skipped"] = [{"name": n, "reason": why} for n, why in pred.skipped]
     metrics["constant_predictor"] = constant_predictors(cm)
     metrics["baseline"] = BASELINE
+    metrics["levels"] = level_metrics(pred, eval_dir)  # hard (every count) and moderate (0..5)
     if pred.logits is not None:  # calibration, risk-coverage, reconciliation (and overflow)
         metrics.update(answer_metrics(pred))
+        metrics["check"] = check_metrics(pred, val)  # the warehouse's check set (10 % wrong records)
+    if promises:
+        metrics["promises"] = check_promises(promises, pred)
     return metrics
 
 
@@ -189,6 +206,7 @@ def summary_table(metrics: dict[str, Any]) -> str:
     lines = [f"{k}: {v}" for k, v in describe_model(metrics.get("model")).items()] if metrics.get("model") else []
     lines += [fmt_row(header), "  ".join("-" * w for w in widths), *map(fmt_row, rows)]
     lines += answer_lines(metrics)
+    lines += level_lines(metrics) + check_lines(metrics) + promise_lines(metrics)
     lines.append(
         f"n = {metrics['n']} images ({metrics['n_skipped']} unreadable, excluded); "
         + ("the baseline's figures are on the abid_challenge validation split, not these images" if with_baseline else
@@ -228,6 +246,62 @@ def answer_lines(metrics: dict[str, Any]) -> list[str]:
     return lines
 
 
+def level_lines(metrics: dict[str, Any]) -> list[str]:
+    """abid_challenge's two levels, each beside its constant (median) predictor."""
+    levels = metrics.get("levels")
+    if not levels:
+        return []
+    rows = [("hard (all counts)", levels["hard"]), ("moderate (0..5)", levels["moderate"])]
+    rows += [(f"  count {name}", b) for name, b in levels["hard"]["buckets"].items() if b["n"]]
+    lines = ["level               n     acc %   RMSE    MAE  within1 %   | median constant: count, acc %, RMSE, MAE"]
+    for name, v in rows:
+        c = v["constant"]
+        lines.append(f"{name:<18}{v['n']:>4} {_pct(v['acc']):>7} {_num(v['rmse']):>7}{_num(v['mae']):>7} "
+                     f"{_pct(v['within1']):>8}     | always {c['count']}: {_pct(c['acc'])}, {_num(c['rmse'])}, {_num(c['mae'])}")
+    if levels.get("tail_point") is not None:
+        lines.append(f"a tail answer ('>{levels['tail_point'] - 1}') counts as {levels['tail_point']}, the tail's first count")
+    if levels["out_of_range"]["n"]:
+        lines.append(f"out of range, not scored: {levels['out_of_range']['n']} image(s) above count "
+                     f"{levels['label_space']['max_count']} (hard level incomplete)")
+    if levels.get("n_unknown_count"):
+        lines.append(f"{levels['n_unknown_count']} image(s) without an exact count (a 'plus' folder) left out of both levels")
+    return lines
+
+
+def check_lines(metrics: dict[str, Any]) -> list[str]:
+    """The warehouse's check set: wrong records caught, automatic decisions."""
+    c = metrics.get("check")
+    if not c:
+        return []
+    lines = [f"check set: {c['n']} bins, {c['n_wrong']} wrong records ({100 * c['error_rate']:.0f} %); caught in the "
+             f"10 % most suspicious {_pct(c['caught_at_10'])} %, in 20 % {_pct(c['caught_at_20'])} %; ROC AUC off by 1 "
+             f"{_num(c['off_by_1']['roc_auc'])}, off by 2 {_num(c['off_by_2']['roc_auc'])}"]
+    art = c.get("artifact_verdicts")
+    if art:
+        lines.append(f"  artifact thresholds: mismatch precision {_pct(art['mismatch_precision'])} % "
+                     f"({art['n_mismatch_calls']} calls), decided automatically {_pct(art['decided_share'])} %")
+    for key in ("auto_95", "auto_97"):
+        a = c[key]
+        lines.append(f"  verdicts {100 * a['target']:.0f} % right: {_pct(a['decided_share'])} % decided automatically, "
+                     f"{_pct(a['accuracy'])} % right (95 % CI {_pct(a['accuracy_ci95'][0])}-{_pct(a['accuracy_ci95'][1])}); "
+                     f"thresholds fitted on the {c['fitted_on']}")
+    return lines
+
+
+def promise_lines(metrics: dict[str, Any]) -> list[str]:
+    """Each promise beside what was delivered here."""
+    p = metrics.get("promises")
+    if not p:
+        return []
+    lines = [f"promises (fitted on {p['fitted_on']}, n = {p['n_fit']}):"]
+    for key in ("interval", "accepted", "verdicts"):
+        e = p.get(key)
+        if e:
+            lines.append(f"  {e['what']}: promised {_pct(e['promised'])} %, delivered {_pct(e['delivered'])} % of "
+                         f"{e['n']} (95 % CI {_pct(e['ci95'][0])}-{_pct(e['ci95'][1])}): {e['status'].upper()}")
+    return lines
+
+
 def _label(c: int, settings: dict) -> str:
     return f">{settings['max_count']}" if settings.get("overflow") and c > settings["max_count"] else str(c)
 
@@ -236,24 +310,37 @@ def write_predictions(pred: FolderPredictions, path: Path) -> Path:
     """One row per image. For a model with the overflow class, ``pred_count`` (and ``true_count``) is
     empty when the answer (the truth) is "more than max_count": read ``pred_label`` (``>5``).
     ``p_true`` and ``verdict_true``: p_expected and the verdict when the bin is checked against its
-    true count (what a correct inventory record would get)."""
+    true count (what a correct inventory record would get).
+
+    The count distribution, so any expected quantity can be scored from the file alone:
+    ``p_0``..``p_K`` (P(count = k), K = max_count) and, for a model with a tail, ``p_gtK`` (P(count > K));
+    ``count`` is the true count from the folder name (a ``12/`` image of a tail model too; empty for
+    ``6plus/``) and ``point_count`` the answer as a count (the tail: its first count, K + 1).
+    The older columns ``p0``.. and ``p_overflow`` hold the same numbers, kept for existing readers."""
     num_classes = pred.probs.shape[1]
     settings = pred.settings
     overflow = bool(settings.get("overflow"))
+    k = num_classes - 1 - overflow
     p_cols = [f"p{c}" for c in range(num_classes - overflow)] + (["p_overflow"] if overflow else [])
+    dist_cols = [f"p_{c}" for c in range(k + 1)] + ([f"p_gt{k}"] if overflow else [])
     review_t = settings.get("review_threshold")
+    exact_count, exact = true_counts(pred)
+    point = point_counts(pred).tolist()
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         header = ["name", "true_count", "pred_count", "confidence", *p_cols, "true_label", "pred_label"]
-        writer.writerow(header + (["review"] if review_t is not None else []) + ["p_true", "verdict_true"])
+        writer.writerow(header + (["review"] if review_t is not None else []) + ["p_true", "verdict_true", "count",
+                                                                                 "point_count", *dist_cols])
         p_true = pred.probs.gather(1, pred.targets.long()[:, None])[:, 0]
         v_true = verdicts(p_true, pred.counts, pred.targets, settings)
         rows = zip(pred.names, pred.targets.tolist(), pred.counts.tolist(), pred.probs.tolist(), strict=True)
         for i, (name, t, c, p) in enumerate(rows):
             tl, cl = _label(t, settings), _label(c, settings)
-            row = [name, t if tl == str(t) else "", c if cl == str(c) else "", f"{p[c]:.6f}", *[f"{v:.6f}" for v in p], tl, cl]
+            probs = [f"{v:.6f}" for v in p]
+            row = [name, t if tl == str(t) else "", c if cl == str(c) else "", f"{p[c]:.6f}", *probs, tl, cl]
             row += [str(p[c] < review_t).lower()] if review_t is not None else []
-            writer.writerow(row + [f"{p[t]:.6f}", v_true[i]])
+            count = int(exact_count[i]) if exact[i] else ""
+            writer.writerow(row + [f"{p[t]:.6f}", v_true[i], count, point[i], *probs])
     return path
 
 
@@ -295,12 +382,13 @@ def plot_per_class_accuracy(metrics: dict[str, Any], path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def write_report(pred: FolderPredictions, out_dir: str | Path, num_classes: int, extra: dict | None = None) -> dict[str, Any]:
+def write_report(pred: FolderPredictions, out_dir: str | Path, num_classes: int, extra: dict | None = None,
+                 val: FolderPredictions | None = None, promises: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write predictions.csv, metrics.json, confusion_matrix.png, per_class_accuracy.png (and, with
     logits, reliability_diagram.png and risk_coverage.png)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    metrics = build_metrics(pred, num_classes)
+    metrics = build_metrics(pred, num_classes, (extra or {}).get("eval_dir"), val, promises)
     if extra:
         metrics.update(extra)
     metrics["eval_data"] = eval_data_kind(pred.names, metrics.get("eval_dir"))

@@ -57,8 +57,11 @@ MAX_CONFIG_BYTES = 1 << 20  # a real model_config.json is a few KB; refuse a hug
 # How answers are made and routed (src.inference.calibration). ``overflow``: the last class means
 # "more than max_count"; ``temperature`` divides the logits; answers below ``review_threshold``
 # are flagged for review; ``match_threshold``/``mismatch_threshold`` turn p_expected into a verdict.
+# ``promises``: rates with finite-sample guarantees fitted on validation (calibration.fit_promises;
+# evaluate.py checks them); absent in older artifacts, which answer exactly as before.
 ANSWER_KEYS = (
     "max_count", "overflow", "temperature", "review_threshold", "match_threshold", "mismatch_threshold", "count_cuts",
+    "promises",
 )
 # Provenance of the fitted values (validation split, target accuracy, ECE): informative only.
 CALIBRATION_KEY = "calibration"
@@ -140,6 +143,8 @@ def check_answers(config: dict[str, Any], where: str = CONFIG_FILE) -> None:
         raise ValueError(f"{where}: give both match_threshold and mismatch_threshold, or neither")
     if "match_threshold" in config and config["mismatch_threshold"] > config["match_threshold"]:
         raise ValueError(f"{where}: mismatch_threshold must not exceed match_threshold")
+    if config.get("promises") is not None:
+        check_promises(config["promises"], where)
     cuts = config.get("count_cuts")
     if cuts is not None:
         if config.get("decision_rule") != "expected":
@@ -148,6 +153,28 @@ def check_answers(config: dict[str, Any], where: str = CONFIG_FILE) -> None:
         if not ok or len(cuts) != max_count or cuts != sorted(cuts):
             raise ValueError(f"{where}: count_cuts must be {max_count} ascending numbers (one per count "
                              f"1..{max_count}), got {cuts!r}")
+
+
+def check_promises(promises: Any, where: str = CONFIG_FILE) -> None:
+    """Refuse a ``promises`` entry that is not what ``calibration.fit_promises`` writes."""
+    def number(v: Any, lo: float, hi: float) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and lo <= v <= hi
+
+    if not isinstance(promises, dict):
+        raise ValueError(f"{where}: promises must be an object, got {_short(promises)}")
+    if "delta" in promises and not number(promises["delta"], 1e-9, 0.5):
+        raise ValueError(f"{where}: promises.delta must be in (0, 0.5], got {_short(promises['delta'])}")
+    fields = {"interval": ("set_threshold",), "accepted": ("threshold",), "verdicts": ("match_threshold",)}
+    for name, keys in fields.items():
+        entry = promises.get(name)
+        if entry is None:
+            continue
+        if not isinstance(entry, dict) or not number(entry.get("target"), 1e-9, 1.0 - 1e-9):
+            raise ValueError(f"{where}: promises.{name} needs a target rate in (0, 1), got {_short(entry)}")
+        for key in keys + (("mismatch_threshold",) if name == "verdicts" else ()):
+            v = entry.get(key)
+            if not (v is None and key == "mismatch_threshold") and not number(v, 0.0, 1.0 + 1e-6):
+                raise ValueError(f"{where}: promises.{name}.{key} must be a probability in [0, 1], got {_short(v)}")
 
 
 def export_artifact(

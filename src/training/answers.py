@@ -11,7 +11,16 @@ from typing import Any
 import torch
 
 from src.inference.artifact import model_config
-from src.inference.calibration import ece, fit_count_cuts, fit_temperature, fit_verdict_thresholds, review_threshold
+from src.inference.calibration import (
+    PROMISE_COVERAGE,
+    ece,
+    exact_counts,
+    fit_count_cuts,
+    fit_promises,
+    fit_temperature,
+    fit_verdict_thresholds,
+    review_threshold,
+)
 from src.inference.predictor import CountPredictor
 from src.models.counting import expected_count, predict_counts
 from src.models.heads import CountHead, SoftmaxHead
@@ -29,9 +38,16 @@ def fit_answer_settings(
     calibrate: bool = True,
     count_cuts: bool = False,
     head: type[CountHead] = SoftmaxHead,
+    promises: bool = True,
+    true_counts: tuple[torch.Tensor, torch.Tensor] | None = None,
+    coverage: float = PROMISE_COVERAGE,
 ) -> dict[str, Any]:
     """The ANSWER_KEYS values (plus ``calibration`` provenance) fitted on validation outputs of ``head``.
-    ``count_cuts`` (``expected`` rule only): fit where each count starts (``fit_count_cuts``)."""
+    ``count_cuts`` (``expected`` rule only): fit where each count starts (``fit_count_cuts``).
+    ``promises``: also fit the promised rates with finite-sample guarantees (``fit_promises``:
+    accepted answers right >= ``target_accuracy``, verdicts right >= ``verdict_precision``, the count
+    interval covering >= ``coverage``); ``true_counts``: (count, exact) per image (``exact_counts``:
+    a tail image's folder name; without them the tail's images are left out of the verdicts' check set)."""
     temperature = fit_temperature(logits, targets, head=head) if calibrate else 1.0
     before = head.probabilities(logits)
     cuts, provenance = None, {}
@@ -45,6 +61,12 @@ def fit_answer_settings(
     threshold = review_threshold(conf_after, correct, target_accuracy)
     accepted = conf_after >= threshold
     verdict = fit_verdict_thresholds(after, targets, verdict_precision)
+    promised = {}
+    if promises:
+        max_count = before.shape[1] - 1 - int(overflow)
+        exact_count, exact = true_counts if true_counts is not None else (targets, targets <= max_count)
+        promised["promises"] = fit_promises(before, targets, counts, exact_count, exact, max_count, overflow,
+                                            target_accuracy, verdict_precision, coverage)
     return {
         "temperature": temperature,
         **({"count_cuts": cuts} if cuts is not None else {}),
@@ -62,6 +84,7 @@ def fit_answer_settings(
             "verdict_offsets": [1, 2],
             **provenance,
         },
+        **promised,
     }
 
 
@@ -104,9 +127,10 @@ def fit_on_folder(
     overflow = bool(config.get("overflow"))
     predictor = CountPredictor(net, config, "torch", channels_last=False)
     pred = predict_folder(predictor, val_dir, num_classes or len(config["classes"]), batch_size)
+    max_count = len(config["classes"]) - 1 - int(overflow)
     fitted = fit_answer_settings(
         pred.logits, pred.targets, decision_rule, overflow, target_accuracy, verdict_precision, calibrate, count_cuts,
-        head=predictor.head,
+        head=predictor.head, true_counts=exact_counts(pred.names, pred.targets, max_count, overflow),
     )
     cal = fitted["calibration"]
     log.info(

@@ -1,0 +1,115 @@
+"""The two levels of abid_challenge on one labelled folder: **hard** (every count) and **moderate**
+(the images holding 0..5 items), each beside its constant predictor (always the median count of
+those images).
+
+True counts come from the folder names (``<eval_dir>/<count>/<image>``): a folder ``12/`` read into
+a model's tail class still says 12. An image of a ``6plus/`` folder has no exact count: it is left
+out of both levels (``n_unknown_count``). A model's **point count** is its answered class; the tail
+class ("more than K") stands for the tail's first count, K + 1 (a lower bound: a tail answer on a
+bin of 12 items is 6 for a 0..5 model with the tail, an error of 6).
+
+A model without a tail (0..5) cannot answer bins above its range: ``CountFolder`` does not read
+those folders, so they are **reported as out of range** (``out_of_range``: how many images, which
+folders) and the hard level then covers only the counts the model can answer (``complete: false``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from src.inference.calibration import exact_counts
+from src.inference.folder import FolderPredictions
+
+BUCKETS = ((0, 5), (6, 10), (11, None))  # per count bucket of the hard level: 0..5, 6..10, 11+
+MODERATE_MAX = 5
+
+
+def label_space(pred: FolderPredictions) -> tuple[int, bool]:
+    """(max_count, tail) of the model that made ``pred`` (hand-made predictions: 0..C-1, no tail)."""
+    tail = bool(pred.settings.get("overflow"))
+    max_count = pred.settings.get("max_count")
+    if max_count is None:
+        max_count = pred.probs.shape[1] - 1 - tail
+    return int(max_count), tail
+
+
+def true_counts(pred: FolderPredictions) -> tuple[torch.Tensor, torch.Tensor]:
+    """(count, exact) per image, from the folder names (``exact_counts``)."""
+    return exact_counts(pred.names, pred.targets, *label_space(pred))
+
+
+def point_counts(pred: FolderPredictions) -> torch.Tensor:
+    """The answered class as a count: the tail class is the tail's first count, ``max_count + 1``."""
+    max_count, tail = label_space(pred)
+    counts = pred.counts.long()
+    return counts.clamp(max=max_count + 1) if tail else counts
+
+
+def scores(point: torch.Tensor, truth: torch.Tensor) -> dict[str, Any]:
+    """Accuracy, RMSE, MAE and within-one of ``point`` against ``truth``."""
+    n = int(len(truth))
+    if n == 0:
+        return {"n": 0, "acc": None, "rmse": None, "mae": None, "within1": None}
+    err = (point.long() - truth.long()).double()
+    return {
+        "n": n,
+        "acc": float((err == 0).double().mean()),
+        "rmse": float(err.pow(2).mean().sqrt()),
+        "mae": float(err.abs().mean()),
+        "within1": float((err.abs() <= 1).double().mean()),
+    }
+
+
+def constant_median(truth: torch.Tensor) -> dict[str, Any]:
+    """The constant predictor of a level: always the (lower) median count of these images."""
+    if len(truth) == 0:
+        return {"count": None, **scores(truth, truth)}
+    median = int(truth.long().median())
+    return {"count": median, **scores(torch.full_like(truth, median), truth)}
+
+
+def _level(point: torch.Tensor, truth: torch.Tensor) -> dict[str, Any]:
+    return {**scores(point, truth), "constant": constant_median(truth)}
+
+
+def out_of_range_images(eval_dir: str | Path | None, max_count: int, tail: bool) -> dict[str, Any]:
+    """Images of count folders above ``max_count`` that a model without a tail does not read."""
+    from src.data.images import IMAGE_EXTENSIONS
+
+    out: dict[str, Any] = {"n": 0, "folders": {}}
+    if tail or eval_dir is None or not Path(eval_dir).is_dir():
+        return out
+    for folder in sorted(Path(eval_dir).iterdir(), key=lambda p: p.name):
+        name = folder.name
+        above = (name.isdigit() and int(name) > max_count) or (name.endswith("plus") and name[:-4].isdigit())
+        if folder.is_dir() and above:
+            n = sum(1 for p in folder.rglob("*") if p.is_file() and p.name.lower().endswith(IMAGE_EXTENSIONS))
+            if n:
+                out["folders"][name] = n
+                out["n"] += n
+    return out
+
+
+def level_metrics(pred: FolderPredictions, eval_dir: str | Path | None = None) -> dict[str, Any]:
+    """metrics.json's ``levels``: ``hard`` (all counts, per bucket) and ``moderate`` (0..5)."""
+    max_count, tail = label_space(pred)
+    truth, exact = true_counts(pred)
+    point = point_counts(pred)
+    t, p = truth[exact], point[exact]
+    buckets = {}
+    for lo, hi in BUCKETS:
+        inside = (t >= lo) & (t <= hi) if hi is not None else t >= lo
+        buckets[f"{lo}..{hi}" if hi is not None else f"{lo}+"] = _level(p[inside], t[inside])
+    outside = out_of_range_images(eval_dir, max_count, tail)
+    moderate = t <= MODERATE_MAX
+    return {
+        "label_space": {"max_count": max_count, "tail": tail},
+        "tail_point": max_count + 1 if tail else None,
+        "n_unknown_count": int((~exact).sum()),
+        "out_of_range": outside,
+        "hard": {**_level(p, t), "complete": outside["n"] == 0, "buckets": buckets},
+        "moderate": _level(p[moderate], t[moderate]),
+    }
