@@ -32,6 +32,9 @@ def test_check_set_has_the_stated_share_of_wrong_records_of_each_kind():
     assert (e0 >= 0).all() and ((e0 - zeros).abs()[k0 == 2] == 2).all()  # below 0: goes up instead
     with pytest.raises(ValueError, match="shares"):
         check_set(zeros, shares=(0.5, 0.5, 0.5))
+    one_count = torch.full((40,), 3)  # nothing else to draw: those records are off by one
+    e1, k1 = check_set(one_count, seed=0, error_rate=0.5)
+    assert int((e1 != 3).sum()) == 20 and (k1 != 3).all() and ((e1 - 3).abs() <= 2).all()
 
 
 def test_p_expected_for_any_quantity_uses_the_tail_at_and_above_its_first_count():
@@ -94,6 +97,13 @@ def test_a_sure_and_right_model_catches_every_wrong_record_and_a_blind_one_catch
     assert b["caught_at_10"] == pytest.approx(0.1) and b["caught_at_20"] == pytest.approx(0.2)
     assert b["off_by_1"]["roc_auc"] == pytest.approx(0.5) and b["fitted_on"] == "validation split"
     assert b["auto_95"]["decided_share"] in (0.0, 1.0) or b["auto_95"]["accuracy"] < 0.95  # nothing to decide on
+
+
+def test_a_folder_without_exact_counts_gets_no_check_set_and_no_crash():
+    probs = torch.full((6, 5), 0.2, dtype=torch.float64)
+    pred = FolderPredictions([f"4plus/b{i}.jpg" for i in range(6)], torch.full((6,), 4), probs, probs.argmax(1),
+                             logits=probs.log(), raw_probs=probs, settings={"max_count": 3, "overflow": True})
+    assert check_metrics(pred) == {"n": 0, "note": "no image of exact count (only 'plus' folders): no check set"}
 
 
 def test_a_tail_model_checks_quantities_above_its_range_against_the_tail():

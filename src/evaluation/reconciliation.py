@@ -139,6 +139,8 @@ def check_metrics(pred: FolderPredictions, val: FolderPredictions | None = None)
     """metrics.json's ``check`` (module docstring); ``val``: the validation split's predictions, where
     the automatic-decision thresholds are fitted (else on ``pred`` itself, labelled a ceiling)."""
     test = _record_scores(pred, TEST_SEED)
+    if not len(test["p"]):
+        return {"n": 0, "note": "no image of exact count (only 'plus' folders): no check set"}
     score = 1.0 - test["p"]
     out: dict[str, Any] = {
         "n": int(len(test["p"])),
@@ -152,6 +154,8 @@ def check_metrics(pred: FolderPredictions, val: FolderPredictions | None = None)
         out[f"caught_at_{round(100 * budget)}"] = caught_within(score, test["wrong"], budget)
     out["artifact_verdicts"] = _artifact_verdicts(test["p"], test["wrong"], pred.settings)
     fit = _record_scores(val, VAL_SEED) if val is not None else test
+    if not len(fit["p"]):
+        fit, val = test, None
     out["fitted_on"] = "validation split" if val is not None else "same images (a ceiling)"
     for target in AUTO_TARGETS:
         thresholds = fit_auto_thresholds(fit["p"], ~fit["wrong"], target)

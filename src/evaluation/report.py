@@ -271,7 +271,7 @@ def level_lines(metrics: dict[str, Any]) -> list[str]:
 def check_lines(metrics: dict[str, Any]) -> list[str]:
     """The warehouse's check set: wrong records caught, automatic decisions."""
     c = metrics.get("check")
-    if not c:
+    if not c or not c.get("n"):
         return []
     lines = [f"check set: {c['n']} bins, {c['n_wrong']} wrong records ({100 * c['error_rate']:.0f} %); caught in the "
              f"10 % most suspicious {_pct(c['caught_at_10'])} %, in 20 % {_pct(c['caught_at_20'])} %; ROC AUC off by 1 "

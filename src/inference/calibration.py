@@ -283,7 +283,8 @@ def check_set(
     """A warehouse's records for bins of true ``counts``: (expected quantity, kind) per bin; kind 0:
     right, 1: off by one, 2: off by two, 3: another count drawn from ``counts`` themselves (the data's
     own distribution). ``round(error_rate * n)`` records are wrong, split by ``shares`` (seeded).
-    Off by k goes up or down by a coin flip, up where down would fall below 0."""
+    Off by k goes up or down by a coin flip, up where down would fall below 0. Bins of one count only
+    leave nothing else to draw: those records are off by one instead."""
     if not 0.0 <= error_rate <= 1.0 or len(shares) != 3 or abs(sum(shares) - 1.0) > 1e-6 or min(shares) < 0:
         raise ValueError(f"check set needs 0 <= error_rate <= 1 and three shares adding up to 1, got {error_rate}, {shares}")
     g = torch.Generator().manual_seed(seed)
@@ -302,9 +303,10 @@ def check_set(
         step = torch.where(step < 0, counts + k, step)
         expected = torch.where(kind == k, step, expected)
     drawn = kind == 3
-    if drawn.any():
-        if counts.unique().numel() < 2:
-            raise ValueError("a count drawn from the data needs at least two different counts")
+    if drawn.any() and counts.unique().numel() < 2:  # one count only: nothing else to draw, off by one instead
+        kind[drawn] = 1
+        expected = torch.where(drawn, torch.where(counts + sign < 0, counts + 1, counts + sign), expected)
+    elif drawn.any():
         idx = drawn.nonzero()[:, 0]
         pick = counts[torch.randint(n, (len(idx),), generator=g)]
         while (same := pick == counts[idx]).any():  # another count than the true one
