@@ -141,7 +141,11 @@ def test_evaluate_entry_with_a_checkpoint(tmp_path, capsys):
 
 def test_evaluate_default_eval_dir_is_the_prepared_test_split():
     cfg = compose_cfg("evaluate", ["data=synthetic"])
-    assert cfg.eval_dir == f"{cfg.data.data_dir}/test"
+    assert cfg.eval_dir == f"{cfg.data.data_dir}/test" and cfg.val_dir is None
+    assert compose_cfg("evaluate", ["val_dir=/data/val"]).val_dir == "/data/val"  # reaches evaluate(val_dir=...)
+    import inspect
+
+    assert "val_dir" in inspect.signature(evaluate).parameters
 
 
 def abid_folder(shared_abid: Path, dest: Path, per_class: int = 3) -> Path:

@@ -143,3 +143,16 @@ def test_evaluate_flags_a_broken_promise_when_test_bins_hold_more_items_than_val
     assert "promise_broken" in [w["kind"] for w in broke["warnings"]]
     html = (tmp_path / "broke" / "report.html").read_text()
     assert "Promise broken" in html and 'id="promises"' in html
+
+
+def test_the_binomial_tail_matches_scipy_on_both_sides():
+    from scipy.stats import binom
+
+    from src.inference.calibration import binomial_cdf
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        n = int(torch.randint(1, 2000, (1,), generator=g))
+        k = int(torch.randint(-1, n + 1, (1,), generator=g))
+        p = float(torch.rand(1, generator=g))
+        assert binomial_cdf(k, n, p) == pytest.approx(binom.cdf(k, n, p), abs=1e-9)

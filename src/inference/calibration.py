@@ -324,9 +324,12 @@ def binomial_cdf(k: int, n: int, p: float) -> float:
     if p >= 1.0:
         return 0.0
     lp, lq = math.log(p), math.log1p(-p)
-    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq for i in range(k + 1)]
+    upper = k > n // 2  # sum the shorter side: P(X <= k) = 1 - P(X >= k + 1)
+    terms = range(k + 1, n + 1) if upper else range(k + 1)
+    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq for i in terms]
     top = max(logs)
-    return min(1.0, math.exp(top) * sum(math.exp(v - top) for v in logs))
+    mass = min(1.0, math.exp(top) * sum(math.exp(v - top) for v in logs))
+    return max(0.0, 1.0 - mass) if upper else mass
 
 
 def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
