@@ -156,3 +156,35 @@ def test_the_binomial_tail_matches_scipy_on_both_sides():
         k = int(torch.randint(-1, n + 1, (1,), generator=g))
         p = float(torch.rand(1, generator=g))
         assert binomial_cdf(k, n, p) == pytest.approx(binom.cdf(k, n, p), abs=1e-9)
+
+
+def test_learn_then_test_keeps_its_promise_in_all_but_a_few_validation_draws():
+    """Learn then Test's guarantee: with probability >= 1 - delta (95 %) over the validation draw the
+    accepted answers' true accuracy is at least the target. Over 40 draws, judged on 20,000 images
+    each, at most a handful may fall short (expected: at most 2)."""
+    from src.inference.calibration import ltt_threshold
+
+    big = synthetic(20000, seed=999)
+    conf_big = big.raw_probs.gather(1, big.counts[:, None])[:, 0]
+    right_big = big.counts == big.targets
+    short, accepted = 0, []
+    for seed in range(40):
+        val = synthetic(400, seed=1000 + seed)
+        conf = val.raw_probs.gather(1, val.counts[:, None])[:, 0]
+        t = ltt_threshold(conf, val.counts == val.targets, 0.8)
+        kept = conf_big >= t
+        accepted.append(float(kept.double().mean()))
+        short += bool(kept.any()) and float(right_big[kept].double().mean()) < 0.8
+    assert short <= 4 and min(accepted) > 0.1  # kept, and not by accepting nothing
+
+
+def test_a_weak_model_promises_nothing_rather_than_something_false():
+    weak = synthetic(600, noise=2.0, seed=5)
+    promises = fit_on_predictions(weak, target_accuracy=0.95, verdict_accuracy=0.99)
+    assert promises["accepted"]["threshold"] > 1.0 and promises["verdicts"]["match_threshold"] > 1.0
+    checked = check_promises(promises, synthetic(600, noise=2.0, seed=6))
+    assert checked["accepted"]["status"] == checked["verdicts"]["status"] == "vacuous"
+    assert checked["accepted"]["n"] == 0 and not broken_promises({"promises": checked})
+    from src.evaluation.report import promise_lines
+
+    assert "VACUOUS (nothing decided" in "\n".join(promise_lines({"promises": checked}))

@@ -297,6 +297,10 @@ def promise_lines(metrics: dict[str, Any]) -> list[str]:
     for key in ("interval", "accepted", "verdicts"):
         e = p.get(key)
         if e:
+            if e["status"] == "vacuous":
+                lines.append(f"  {e['what']}: promised {_pct(e['promised'])} %: VACUOUS (nothing decided: no threshold "
+                             "passed its test on validation, so this model promises nothing here)")
+                continue
             lines.append(f"  {e['what']}: promised {_pct(e['promised'])} %, delivered {_pct(e['delivered'])} % of "
                          f"{e['n']} (95 % CI {_pct(e['ci95'][0])}-{_pct(e['ci95'][1])}): {e['status'].upper()}")
     return lines
