@@ -188,3 +188,39 @@ def test_a_weak_model_promises_nothing_rather_than_something_false():
     from src.evaluation.report import promise_lines
 
     assert "VACUOUS (nothing decided" in "\n".join(promise_lines({"promises": checked}))
+
+
+def test_the_served_interval_is_reported_with_its_coverage_beside_the_promised_one(tmp_path):
+    val, test = synthetic(400, seed=11), synthetic(800, noise=1.0, seed=12)  # harder: the heuristic over-promises
+    metrics = write_report(test, tmp_path, K + 2, {"eval_dir": "x"}, val=val, promises=fit_on_predictions(val))
+    served = metrics["answer_interval"]
+    from src.models.counting import count_interval
+
+    lo_hi = count_interval(test.probs, 0.8)
+    by_hand = ((lo_hi[:, 0] <= test.targets) & (test.targets <= lo_hi[:, 1])).double().mean()
+    assert served["coverage"] == pytest.approx(float(by_hand)) and served["n"] == 800
+    assert "interval (shortest run, calibrated; no guarantee) covers" in summary_table(metrics)
+
+
+def test_training_fits_promises_from_a_folder_with_every_count(tmp_path):
+    """fit_on_folder (what train.py's artifact export calls): folders 7/, 8/ read into the tail keep
+    their exact counts for the verdicts' check set; the promises validate and travel in the artifact."""
+    from src.data.synthetic import make_imagefolder
+    from src.inference.artifact import check_promises as valid
+    from src.models.backbones import CountNet
+    from src.training.answers import fit_answer_settings, fit_on_folder
+    from tests.helpers import IMAGE_SIZE
+
+    val = make_imagefolder(tmp_path, {"val": 40}, image_size=64, seed=9, max_items=8, workers=1) / "val"
+    torch.manual_seed(0)
+    net = CountNet("resnet18", weights=None, max_count=5, tail=True, input_size=IMAGE_SIZE).eval()
+    fitted = fit_on_folder(net, None, "argmax", val, overflow=True, batch_size=20)
+    promises = fitted["promises"]
+    assert promises["n"] == 40 and promises["split"] == "val"
+    assert promises["verdicts"]["n_check"] == 40  # the 6/, 7/, 8/ bins too: their folders name their counts
+    assert any(p.parent.name in ("6", "7", "8") for p in val.rglob("*.jpg"))
+    no_names = fit_answer_settings(torch.randn(40, 7), torch.tensor([6] * 10 + [0, 1, 2, 3, 4, 5] * 5), "argmax", True,
+                                   0.9, 0.9)["promises"]
+    assert no_names["verdicts"]["n_check"] == 30  # without folder names the tail's bins have no exact count
+    valid(promises)
+    assert 0.0 <= promises["interval"]["set_threshold"] <= 1.0

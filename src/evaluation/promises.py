@@ -102,6 +102,21 @@ def check_promises(promises: dict[str, Any], pred: FolderPredictions) -> dict[st
     return out
 
 
+def answer_interval_coverage(pred: FolderPredictions) -> dict[str, Any]:
+    """How often the interval every all-count answer carries (the shortest run of counts holding
+    80 % of the calibrated probability, ``src.models.counting.count_interval``) covers the true class:
+    a heuristic, not a promise; its coverage is only as good as the calibration."""
+    from src.models.counting import INTERVAL_MASS, count_interval
+
+    lo_hi = count_interval(pred.probs, INTERVAL_MASS)
+    targets = pred.targets.long()
+    covered = (lo_hi[..., 0] <= targets) & (targets <= lo_hi[..., 1])
+    k, n = int(covered.sum()), len(targets)
+    lo, hi = clopper_pearson(k, n)
+    return {"mass": INTERVAL_MASS, "coverage": k / n if n else None, "ci95": [lo, hi], "n": n,
+            "mean_width": float((lo_hi[..., 1] - lo_hi[..., 0] + 1).double().mean()) if n else None}
+
+
 def broken_promises(metrics: dict[str, Any]) -> list[dict[str, str]]:
     """One ``promise_broken`` warning per promise these images broke."""
     out = []

@@ -11,7 +11,7 @@ import torch
 
 from src.evaluation.answers import answer_metrics, verdicts, write_answer_plots
 from src.evaluation.levels import level_metrics, point_counts, true_counts
-from src.evaluation.promises import broken_promises, check_promises
+from src.evaluation.promises import answer_interval_coverage, broken_promises, check_promises
 from src.evaluation.reconciliation import check_metrics
 from src.inference.folder import FolderPredictions
 from src.models.metrics import metrics_from_confusion
@@ -159,6 +159,7 @@ def build_metrics(pred: FolderPredictions, num_classes: int, eval_dir: str | Pat
     if pred.logits is not None:  # calibration, risk-coverage, reconciliation (and overflow)
         metrics.update(answer_metrics(pred))
         metrics["check"] = check_metrics(pred, val)  # the warehouse's check set (10 % wrong records)
+        metrics["answer_interval"] = answer_interval_coverage(pred)  # the served 80 % interval, as it is
     if promises:
         metrics["promises"] = check_promises(promises, pred)
     return metrics
@@ -290,10 +291,16 @@ def check_lines(metrics: dict[str, Any]) -> list[str]:
 
 def promise_lines(metrics: dict[str, Any]) -> list[str]:
     """Each promise beside what was delivered here."""
+    lines = []
+    iv = metrics.get("answer_interval")
+    if iv and iv.get("n"):
+        lines.append(f"answers' {100 * iv['mass']:.0f} % interval (shortest run, calibrated; no guarantee) covers the true "
+                     f"count {_pct(iv['coverage'])} % (95 % CI {_pct(iv['ci95'][0])}-{_pct(iv['ci95'][1])}), "
+                     f"mean width {iv['mean_width']:.2f}")
     p = metrics.get("promises")
     if not p:
-        return []
-    lines = [f"promises (fitted on {p['fitted_on']}, n = {p['n_fit']}):"]
+        return lines
+    lines.append(f"promises (fitted on {p['fitted_on']}, n = {p['n_fit']}):")
     for key in ("interval", "accepted", "verdicts"):
         e = p.get(key)
         if e:
@@ -301,8 +308,9 @@ def promise_lines(metrics: dict[str, Any]) -> list[str]:
                 lines.append(f"  {e['what']}: promised {_pct(e['promised'])} %: VACUOUS (nothing decided: no threshold "
                              "passed its test on validation, so this model promises nothing here)")
                 continue
+            width = f", mean width {e['mean_width']:.2f}" if isinstance(e.get("mean_width"), float) else ""
             lines.append(f"  {e['what']}: promised {_pct(e['promised'])} %, delivered {_pct(e['delivered'])} % of "
-                         f"{e['n']} (95 % CI {_pct(e['ci95'][0])}-{_pct(e['ci95'][1])}): {e['status'].upper()}")
+                         f"{e['n']} (95 % CI {_pct(e['ci95'][0])}-{_pct(e['ci95'][1])}{width}): {e['status'].upper()}")
     return lines
 
 

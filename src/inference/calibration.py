@@ -459,5 +459,6 @@ def fit_promises(
         "interval": {"target": coverage, "set_threshold": conformal_set_threshold(raw_probs, targets, coverage)},
         "accepted": {"target": target_accuracy, "threshold": ltt_threshold(confidence, right, target_accuracy, delta)},
         "verdicts": {"target": verdict_accuracy, **ltt_verdict_thresholds(p_exp, record_right, verdict_accuracy, delta),
-                     "error_rate": CHECK_ERROR_RATE, "shares": list(CHECK_SHARES), "seed": seed},
+                     "error_rate": CHECK_ERROR_RATE, "shares": list(CHECK_SHARES), "seed": seed,
+                     "n_check": int(exact.sum())},
     }
