@@ -88,3 +88,26 @@ def test_overflow_class_is_shown_as_more_than_and_answer_tiles_appear():
                                      "mismatch AUC, off by 2": "0.790",
                                      "more than 5: precision / recall": "63.7 / 71.6 %"}
     assert answer_tiles({}) == {}
+
+
+def test_levels_check_set_and_promises_reach_the_page_and_a_broken_promise_is_marked(tmp_path):
+    from src.evaluation.html_report import level_rows, render_report
+
+    k = 6
+    g = torch.Generator().manual_seed(0)
+    counts = torch.randint(0, 9, (60,), generator=g)
+    probs = torch.softmax(torch.randn(60, k + 2, generator=g) * 3, 1)
+    targets = counts.clamp(max=k + 1)
+    pred = FolderPredictions([f"{c}/b{i}.jpg" for i, c in enumerate(counts.tolist())], targets, probs,
+                             probs.argmax(1), logits=probs.log(), raw_probs=probs,
+                             settings={"max_count": k, "overflow": True})
+    promises = {"split": "val", "n": 100, "interval": {"target": 0.8, "set_threshold": 0.9}}  # sets far too small
+    metrics = write_report(pred, tmp_path, k + 2, {"eval_dir": "x"}, promises=promises)
+    assert metrics["promises"]["interval"]["status"] == "broken"
+    rows = level_rows(metrics)
+    assert [r["name"] for r in rows[:2]] == ["hard: all counts", "moderate: 0..5"] and rows[0]["v"]["n"] == 60
+    html = render_report(metrics, pred, "/nonexistent", gallery_size=0)
+    assert 'id="levels"' in html and 'id="check"' in html and 'id="answer-interval"' in html
+    assert re.search(r'<tr class="worse"><td>the count interval covers the true count', html)
+    assert 'class="status-broken">broken<' in html and "Promise broken" in html
+    assert f'id="caught-20">{100 * metrics["check"]["caught_at_20"]:.1f} %<' in html
