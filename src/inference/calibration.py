@@ -412,7 +412,9 @@ def ltt_verdict_thresholds(p: torch.Tensor, is_right: torch.Tensor, target: floa
     when the record is), ``mismatch`` when p_expected <= mismatch_threshold (right when it is not),
     each the loosest of a fixed grid passing ``ltt_threshold`` for ``target`` at delta / 2, so both
     hold together with probability >= 1 - delta, and then so does any mix of the two calls.
-    No threshold passes: match_threshold just above 1, mismatch_threshold None (no such call)."""
+    No threshold passes: match_threshold just above 1, mismatch_threshold None (no such call).
+    The check set makes exactly 10 % of its records wrong, so its records are exchangeable rather than
+    independent draws: the binomial test is then a close approximation, not exact."""
     p, is_right = p.double(), is_right.bool()
     match_t = ltt_threshold(p, is_right, target, delta / 2)
     mismatch_s = ltt_threshold(1.0 - p, ~is_right, target, delta / 2)  # calls where 1 - p >= s
@@ -444,7 +446,9 @@ def fit_promises(
     - ``verdicts``: on records wrong at ``CHECK_ERROR_RATE`` (``check_set``; images of exact count),
       ``match`` / ``mismatch`` calls are right >= ``verdict_accuracy``, same confidence (Learn then Test).
 
-    ``targets``/``answers``: class indices; ``counts``/``exact``: true counts (``exact_counts``)."""
+    ``targets``/``answers``: class indices (an answer is right when it is the true class: a tail answer
+    on a bin above the range is right, as in the accuracy over classes); ``counts``/``exact``: true
+    counts (``exact_counts``), for the check set."""
     right = answers.long() == targets.long()
     confidence = raw_probs.gather(1, answers.long()[:, None])[:, 0]
     expected, _ = check_set(counts[exact], seed)
