@@ -295,3 +295,16 @@ def test_a_short_all_count_run_beats_the_constant_median(tmp_path):
     [answer] = CountPredictor.from_model_dir(metrics["artifact_dir"]).predict_batch(torch.zeros(1, 3, 40, 40),
                                                                                     expected=[12])
     assert answer["checked_against"] == ">10" and len(answer["interval"]) == 2 and 0 <= answer["p_more_than_5"] <= 1
+
+
+def test_verdicts_csv_carries_what_was_checked_p_more_than_5_and_the_interval(tmp_path):
+    import csv
+
+    from src.serving.predict import write_verdicts
+
+    predictor = predictor_for(LabelSpace(15, tail=True))
+    rows = predictor.results(torch.stack([peaked(17, 7), peaked(17, 16)]), expected=[7, 40])
+    with open(write_verdicts([{"row": i + 1, **r} for i, r in enumerate(rows)], tmp_path / "v.csv"), newline="") as f:
+        written = list(csv.DictReader(f))
+    assert [(w["checked_against"], w["interval"]) for w in written] == [("7", "7"), (">15", "16+")]
+    assert float(written[0]["p_more_than_5"]) == pytest.approx(rows[0]["p_more_than_5"])

@@ -132,8 +132,16 @@ def predict_paths(
 MANIFEST_COLUMNS = ("image", "expected_quantity")
 VERDICT_COLUMNS = (
     "row", "image", "expected_quantity", "count", "label", "overflow", "confidence", "review",
-    "p_expected", "verdict", "error",
-)  # fmt: skip
+    "p_expected", "verdict", "checked_against", "p_more_than_5", "interval", "error",
+)  # fmt: skip  (the last three but error: models that count beyond 0..5, empty otherwise)
+
+
+def interval_text(interval: list | None) -> str:
+    """``[2, 4]`` -> ``2-4``; ``[16, None]`` (the tail) -> ``16+``."""
+    if not interval:
+        return ""
+    lo, hi = interval
+    return f"{lo}+" if hi is None else (str(lo) if lo == hi else f"{lo}-{hi}")
 
 
 def read_manifest(path: str | Path, max_bytes: int = MAX_MANIFEST_BYTES) -> list[dict[str, str]]:
@@ -224,6 +232,7 @@ def write_verdicts(results: list[dict[str, Any]], path: str | Path) -> Path:
         writer = csv.DictWriter(f, VERDICT_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for r in results:
+            r = {**r, "interval": interval_text(r.get("interval"))}
             writer.writerow({k: spreadsheet_safe("" if r.get(k) is None else str(r[k]).lower()
                                                  if isinstance(r.get(k), bool) else r[k])
                              for k in VERDICT_COLUMNS})
