@@ -113,3 +113,15 @@ def test_a_tail_model_checks_quantities_above_its_range_against_the_tail():
     m = check_metrics(_predictions(counts, probs.clamp_min(1e-6), 3, tail=True))
     # Records of 7 for a bin of 12 (or 8 for 7) stay unseen: the tail holds them all.
     assert m["caught_at_20"] < 1.0 and m["off_by_1"]["roc_auc"] < 1.0
+
+
+def test_thresholds_fitted_on_validation_are_scored_on_test_and_a_shortfall_is_named():
+    from src.evaluation.report import check_lines
+
+    counts = torch.randint(0, 9, (400,), generator=torch.Generator().manual_seed(1))
+    sure = torch.nn.functional.one_hot(counts, 9).double() * 0.99 + 0.01 / 9
+    shifted = torch.nn.functional.one_hot((counts + 1).clamp(max=8), 9).double() * 0.99 + 0.01 / 9  # sure and wrong
+    m = check_metrics(_predictions(counts, shifted, 8, tail=False), val=_predictions(counts, sure, 8, tail=False))
+    assert m["fitted_on"] == "validation split"
+    assert m["auto_95"]["n_decided"] > 300 and m["auto_95"]["accuracy_ci95"][1] < 0.95
+    assert "below the target even at the interval's top" in "\n".join(check_lines({"check": m}))

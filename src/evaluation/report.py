@@ -284,8 +284,9 @@ def check_lines(metrics: dict[str, Any]) -> list[str]:
     for key in ("auto_95", "auto_97"):
         a = c[key]
         lines.append(f"  verdicts {100 * a['target']:.0f} % right: {_pct(a['decided_share'])} % decided automatically, "
-                     f"{_pct(a['accuracy'])} % right (95 % CI {_pct(a['accuracy_ci95'][0])}-{_pct(a['accuracy_ci95'][1])}); "
-                     f"thresholds fitted on the {c['fitted_on']}")
+                     f"{_pct(a['accuracy'])} % right (95 % CI {_pct(a['accuracy_ci95'][0])}-{_pct(a['accuracy_ci95'][1])}"
+                     + ("; below the target even at the interval's top" if a["n_decided"] and a["accuracy_ci95"][1] < a["target"]
+                        else "") + f"); thresholds fitted on the {c['fitted_on']}")
     return lines
 
 
