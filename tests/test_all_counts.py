@@ -28,12 +28,7 @@ from tests.helpers import SHARED_ABID, TINY, compose_cfg
 FRACTIONS = {"train": 0.64, "val": 0.16, "test": 0.20}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # two shared cores: small models run faster single-threaded
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: small models, two shared cores
 
 
 # -- the ordinal head -------------------------------------------------------------------------------
