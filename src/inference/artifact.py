@@ -35,6 +35,7 @@ import torch
 
 from src.data.labels import MAX_COUNT_LIMIT, LabelSpace
 from src.data.transforms import Preprocessing
+from src.inference.novelty import NOVELTY_KEY, check_novelty
 from src.models.backbones import RUNTIME_REQUIREMENTS, CountNet
 from src.models.counting import DECISION_RULES
 
@@ -81,8 +82,9 @@ def model_config(
     ``overflow=True`` on a net built without a tail reads its last class as the tail)."""
     answers = dict(answers or {})
     for key in answers:
-        if key not in (*ANSWER_KEYS, CALIBRATION_KEY):
-            raise ValueError(f"Unknown answer setting {key!r}; valid: {', '.join((*ANSWER_KEYS, CALIBRATION_KEY))}")
+        if key not in (*ANSWER_KEYS, CALIBRATION_KEY, NOVELTY_KEY):
+            raise ValueError(f"Unknown answer setting {key!r}; valid: "
+                             f"{', '.join((*ANSWER_KEYS, CALIBRATION_KEY, NOVELTY_KEY))}")
     spec = net.spec
     if answers.get("overflow") and not spec["tail"] and answers.get("max_count", spec["num_classes"] - 2) >= 1:
         labels = LabelSpace(answers.get("max_count", spec["num_classes"] - 2), True)
@@ -109,7 +111,7 @@ def model_config(
 
 def answer_settings(config: dict[str, Any]) -> dict[str, Any]:
     """The answer settings of a config, to carry them into a re-exported artifact."""
-    return {k: config[k] for k in (*ANSWER_KEYS, CALIBRATION_KEY) if k in config}
+    return {k: config[k] for k in (*ANSWER_KEYS, CALIBRATION_KEY, NOVELTY_KEY) if k in config}
 
 
 def _short(value: Any, limit: int = 80) -> str:
@@ -205,7 +207,7 @@ def export_artifact(
     if onnx:
         from src.inference.backends import export_onnx
 
-        export_onnx(net, out / ONNX_FILE, config["image_size"])
+        export_onnx(net, out / ONNX_FILE, config["image_size"], features=bool(config.get(NOVELTY_KEY)))
         config["files_sha256"] = {ONNX_FILE: file_sha256(out / ONNX_FILE)}
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     write_code(out, with_onnx=(out / ONNX_FILE).is_file())
@@ -369,6 +371,8 @@ def validate_config(config: Any, path: str | Path) -> dict[str, Any]:
         check_answers(config, str(path))  # overflow, temperature, review and verdict settings
     except (TypeError, ValueError) as err:
         raise ArtifactError(f"{_short(str(err), 400)}; {REEXPORT}") from None
+    if NOVELTY_KEY in config and (why := check_novelty(config[NOVELTY_KEY])):
+        raise bad(f"{NOVELTY_KEY}: {why}")
     return config
 
 
@@ -433,6 +437,10 @@ def load_artifact(model_dir: str | Path) -> tuple[CountNet, dict[str, Any]]:
     except (TypeError, ValueError) as err:
         raise ArtifactError(f"{model_dir / CONFIG_FILE}: net {_short(spec, 200)} does not build ({_short(str(err), 200)})"
                             f"; {REEXPORT}") from None
+    novelty = config.get(NOVELTY_KEY)
+    if novelty and len(novelty["mean"]) != net.feature_dim:
+        raise ArtifactError(f"{model_dir / CONFIG_FILE}: {NOVELTY_KEY} has {len(novelty['mean'])} features, the network "
+                            f"{net.feature_dim}; {REEXPORT}")
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
         net.load_state_dict(state)

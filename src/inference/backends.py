@@ -29,16 +29,37 @@ class TorchRunner:
         self.net = net.to(memory_format=torch.channels_last) if channels_last else net
         self.forward = torch.compile(self.net) if compile else self.net
 
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True)
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        images = images.to(self.device, non_blocking=True)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return self.forward(images).float().cpu()
+        return self.forward(self._prepare(images)).float().cpu()
+
+    @torch.inference_mode()
+    def with_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(outputs, pooled backbone features) of a CountNet in one pass."""
+        features = self.net.features(self._prepare(images))
+        return self.net.head(features).float().cpu(), features.float().cpu()
 
 
-def export_onnx(net: nn.Module, path: str | Path, image_size: int = 224, opset: int = 17) -> Path:
-    """Write ``net`` as ONNX with a dynamic batch axis: input ``images`` (N,3,S,S) -> output ``logits``.
+class _WithFeatures(nn.Module):
+    """A CountNet that also returns its pooled features (the novelty score reads them)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.net.features(images)
+        return self.net.head(features), features
+
+
+def export_onnx(net: nn.Module, path: str | Path, image_size: int = 224, opset: int = 17,
+                features: bool = False) -> Path:
+    """Write ``net`` as ONNX with a dynamic batch axis: input ``images`` (N,3,S,S) -> output ``logits``
+    (and, with ``features``, a second output ``features``: a CountNet's pooled backbone features).
 
     The one ONNX export of this project: the serving artifact, the feature cache and the benchmarks use it.
     """
@@ -47,10 +68,12 @@ def export_onnx(net: nn.Module, path: str | Path, image_size: int = 224, opset: 
     was_training = net.training
     net.eval()
     example = torch.zeros(2, 3, image_size, image_size)
+    outputs = ["logits", "features"] if features else ["logits"]
     # The TorchScript exporter: a fraction of the dynamo exporter's time for a plain CNN, same graph.
     torch.onnx.export(
-        net, (example,), str(path), input_names=["images"], output_names=["logits"],
-        dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset, dynamo=False,
+        _WithFeatures(net) if features else net, (example,), str(path), input_names=["images"], output_names=outputs,
+        dynamic_axes={"images": {0: "batch"}, **{name: {0: "batch"} for name in outputs}}, opset_version=opset,
+        dynamo=False,
     )
     net.train(was_training)
     return path
@@ -82,3 +105,15 @@ class OnnxRunner:
 
     def __call__(self, images) -> torch.Tensor:
         return torch.from_numpy(self.run(images))
+
+    @property
+    def has_features(self) -> bool:
+        return [o.name for o in self.session.get_outputs()][1:2] == ["features"]
+
+    def with_features(self, images) -> tuple[torch.Tensor, torch.Tensor]:
+        """(outputs, features) of a graph exported with ``features=True``."""
+        if isinstance(images, torch.Tensor):
+            images = images.detach().cpu().numpy()
+        logits, features = self.session.run(["logits", "features"],
+                                            {self.input_name: np.ascontiguousarray(images, dtype=np.float32)})
+        return torch.from_numpy(logits), torch.from_numpy(features)

@@ -27,6 +27,8 @@ class FolderPredictions:
     logits: torch.Tensor | None = None  # (N, W) the head's raw outputs
     settings: dict = field(default_factory=dict)  # the predictor's answer settings (predictor_settings)
     raw_probs: torch.Tensor | None = None  # (N, C) before the temperature: what counts are decided on
+    novelty: torch.Tensor | None = None  # (N,) the "unlike training" score, for artifacts that have one
+    unlike: torch.Tensor | None = None  # (N,) bool: the score is above the artifact's threshold
 
 
 class _LabelledImages(Dataset):
@@ -93,14 +95,17 @@ def predict_folder(
         num_workers=num_workers,
         collate_fn=_collate,
     )
-    order, logits, targets = [], [], []
+    order, logits, targets, novelty = [], [], [], []
     for idx, x, y, bad in loader:
         for i, why in bad:
             skipped.append((Path(folder.samples[i][0]).relative_to(eval_dir).as_posix(), why))
         if idx is None:
             continue
         order.append(idx)
-        logits.append(predictor.logits(x))
+        batch_logits, batch_novelty = predictor.logits_and_novelty(x)
+        logits.append(batch_logits)
+        if batch_novelty is not None:
+            novelty.append(batch_novelty)
         targets.append(y)
     for name, why in skipped:
         log.warning("Skipped unreadable image %s: %s", name, why)
@@ -119,5 +124,7 @@ def predict_folder(
         skipped=skipped,
         logits=logits_t,
         raw_probs=raw_t,
+        novelty=torch.cat(novelty) if novelty else None,
+        unlike=torch.cat(novelty) > predictor.novelty.threshold if novelty else None,
         settings=predictor_settings(predictor),
     )

@@ -41,6 +41,7 @@ from src.data.labels import LabelSpace
 from src.data.transforms import eval_transform
 from src.inference.backends import BACKENDS, OnnxRunner, TorchRunner
 from src.inference.calibration import VerdictRule, needs_review
+from src.inference.novelty import NOVELTY_KEY, NoveltyScore
 from src.models.counting import INTERVAL_MASS, count_interval, p_more_than, predict_counts
 from src.models.heads import head_class
 
@@ -80,6 +81,8 @@ class CountPredictor:
         thresholds = (config.get("match_threshold"), config.get("mismatch_threshold"))
         self.verdict_rule = VerdictRule(*thresholds) if None not in thresholds else None
         self.transform = eval_transform(self.preprocessing)
+        # Is a photo like the training data? (src.inference.novelty; absent in older artifacts)
+        self.novelty = NoveltyScore.from_config(config[NOVELTY_KEY]) if config.get(NOVELTY_KEY) else None
         self.backend = backend
         if backend == "torch":
             if net is None:
@@ -92,6 +95,9 @@ class CountPredictor:
                     f"ONNX model {onnx_path} not found; export it with `python export.py --model-dir <dir> {flag}`"
                 )
             self.runner = OnnxRunner(onnx_path)
+            if config.get(NOVELTY_KEY) and not self.runner.has_features:
+                raise ValueError(f"{onnx_path} has no 'features' output but the artifact scores novelty: re-export "
+                                 "it with `python export.py --model-dir <dir> --onnx`")
         else:
             raise ValueError(f"Unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
 
@@ -214,12 +220,31 @@ class CountPredictor:
             return self.verdict_rule(p_expected)
         return "match" if answer == expected_class else "mismatch"
 
+    def logits_and_novelty(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Raw outputs and, for an artifact with a novelty score, each image's score (one forward pass)."""
+        if self.novelty is None:
+            return self.logits(batch), None
+        logits, features = self.runner.with_features(batch)
+        return logits, self.novelty.score(features)
+
     def predict_batch(
         self, batch: torch.Tensor, ids: list[Any] | None = None, expected: list[int | None] | None = None
     ) -> list[dict[str, Any]]:
         """One result per image of a preprocessed batch (N, 3, S, S)."""
-        logits = self.logits(batch)
-        return self.results(self.calibrate(logits), ids, expected, counts=self.decide_outputs(logits))
+        logits, novelty = self.logits_and_novelty(batch)
+        results = self.results(self.calibrate(logits), ids, expected, counts=self.decide_outputs(logits))
+        if novelty is not None:
+            for result, score in zip(results, novelty.tolist(), strict=True):
+                self.mark_novelty(result, score)
+        return results
+
+    def mark_novelty(self, result: dict[str, Any], score: float) -> dict[str, Any]:
+        """``novelty_score`` and ``unlike_training`` on a result; a photo unlike the training data goes
+        to review whatever the model's confidence (a confident answer on such a photo proves nothing)."""
+        unlike = score > self.novelty.threshold
+        result.update(novelty_score=round(score, 4), unlike_training=unlike)
+        result["review"] = bool(result.get("review", False) or unlike)
+        return result
 
     def predict(
         self, images: list[Image.Image], ids: list[Any] | None = None, expected: list[int | None] | None = None

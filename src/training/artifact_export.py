@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 
 from src.inference.artifact import export_artifact
 from src.inference.checkpoint import load_net_weights
+from src.inference.novelty import NOVELTY_KEY
 from src.training.provenance import training_provenance
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,16 @@ class ArtifactExport(pl.Callback):
             count_cuts=self.answers.get("count_cuts", False),
         )
 
+    def fit_novelty(self, net) -> dict[str, Any] | None:
+        """``answers.novelty``: the "unlike training" score from the train (``<val_dir>/../train``) and val splits."""
+        if not self.answers.get("novelty", False) or not self.val_dir:
+            return None
+        from src.training.novelty import fit_on_folders
+
+        train_dir = Path(self.val_dir).parent / "train"
+        return fit_on_folders(net, train_dir, self.val_dir, alpha=self.answers.get("novelty_alpha", 0.01),
+                              batch_size=self.batch_size)
+
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.artifact_dir:
             return
@@ -75,6 +86,9 @@ class ArtifactExport(pl.Callback):
             net = load_net_weights(copy.deepcopy(net), best)
         rule = pl_module.hparams.decision_rule
         answers = self.fit_answers(net, rule)  # in the artifact only: every rank's metrics stay equal
+        novelty = self.fit_novelty(net)
+        if novelty:
+            answers = {**(answers or {}), NOVELTY_KEY: novelty}
         counts = getattr(getattr(trainer, "datamodule", None), "class_counts", None)
         provenance = training_provenance(self.data, net.spec, counts.tolist() if counts is not None else None)
         self.path = export_artifact(net, None, rule, self.artifact_dir, onnx=self.onnx, answers=answers,

