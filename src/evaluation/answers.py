@@ -60,6 +60,8 @@ def selective_metrics(pred: FolderPredictions) -> dict[str, Any]:
     threshold = pred.settings.get("review_threshold")
     if threshold is not None:
         review = cal < threshold
+        if pred.unlike is not None:  # a photo unlike the training data goes to review too, as served
+            review = review | pred.unlike
         out.update(
             review_threshold=threshold,
             review_share=float(review.double().mean()),
@@ -144,7 +146,24 @@ def answer_metrics(pred: FolderPredictions) -> dict[str, Any]:
     }
     if pred.settings.get("overflow"):
         out["overflow"] = overflow_metrics(pred)
+    if pred.novelty is not None:
+        out["novelty"] = novelty_metrics(pred)
     return out
+
+
+def novelty_metrics(pred: FolderPredictions) -> dict[str, Any]:
+    """How many photos look unlike the training data (src/inference/novelty.py), and how the model
+    does on them and on the rest."""
+    unlike = pred.unlike
+    correct = pred.counts == pred.targets
+    alpha = pred.settings.get("novelty_alpha")
+    return {
+        "unlike_training_share": float(unlike.double().mean()),
+        "alpha": alpha,  # the share of photos like the validation split that is flagged, at most
+        "acc_unlike": float(correct[unlike].double().mean()) if unlike.any() else None,
+        "acc_like": float(correct[~unlike].double().mean()) if (~unlike).any() else None,
+        "score_median": float(pred.novelty.median()),
+    }
 
 
 def _pyplot():

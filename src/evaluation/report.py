@@ -117,6 +117,13 @@ def honesty_warnings(metrics: dict[str, Any]) -> list[dict[str, str]]:
             out.append({"kind": "promise_missed", "text": (
                 f"Promised rate missed: accepted answers (not sent to review) are {_fmt_pct(accepted)} right here, "
                 f"the review threshold was fitted for {_fmt_pct(target)} ({_fmt_pct(sel['review_share'])} sent to review).")})
+    novelty = metrics.get("novelty") or {}
+    share, alpha = novelty.get("unlike_training_share"), novelty.get("alpha")
+    if _is_num(share) and _is_num(alpha) and share > max(0.2, 5 * alpha):
+        out.append({"kind": "unlike_training", "text": (
+            f"{_fmt_pct(share)} of these photos look unlike anything the model was trained on (at most "
+            f"{_fmt_pct(alpha)} of photos like its training data would be): its answers on them are sent to review "
+            "and its numbers here say little about it.")})
     precision = model_cal.get("verdict_precision")
     rec = (metrics.get("reconciliation") or {}).get("all") or {}
     if isinstance(precision, (int, float)):
@@ -240,6 +247,11 @@ def answer_lines(metrics: dict[str, Any]) -> list[str]:
                 " (met)" if accepted >= target else " (MISSED)")
             lines.append(f"sent to review {_pct(s['review_share'])} %; accuracy of the accepted answers "
                          f"{_pct(accepted)} %" + (f", target {_pct(target)} %{verdict}" if isinstance(target, (int, float)) else ""))
+        if "novelty" in metrics:
+            n = metrics["novelty"]
+            lines.append(f"unlike the training data: {_pct(n['unlike_training_share'])} % of these photos (at most "
+                         f"{_pct(n['alpha'])} % of photos like it); accuracy on them {_pct(n['acc_unlike'])} %, "
+                         f"on the rest {_pct(n['acc_like'])} %")
         r = metrics["reconciliation"]
         lines.append(f"mismatch ROC AUC off by 1: {_num(r['off_by_1']['roc_auc'])}, off by 2: {_num(r['off_by_2']['roc_auc'])}; "
                      f"mismatch precision {_pct(r['all']['mismatch_precision'])} %, recall {_pct(r['all']['mismatch_recall'])} %, "
@@ -337,13 +349,16 @@ def write_predictions(pred: FolderPredictions, path: Path) -> Path:
     p_cols = [f"p{c}" for c in range(num_classes - overflow)] + (["p_overflow"] if overflow else [])
     dist_cols = [f"p_{c}" for c in range(k + 1)] + ([f"p_gt{k}"] if overflow else [])
     review_t = settings.get("review_threshold")
+    novelty = pred.novelty.tolist() if pred.novelty is not None else None
+    unlike = pred.unlike.tolist() if pred.unlike is not None else [False] * len(pred.names)
     exact_count, exact = true_counts(pred)
     point = point_counts(pred).tolist()
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         header = ["name", "true_count", "pred_count", "confidence", *p_cols, "true_label", "pred_label"]
         writer.writerow(header + (["review"] if review_t is not None else []) + ["p_true", "verdict_true", "count",
-                                                                                 "point_count", *dist_cols])
+                                                                                 "point_count", *dist_cols]
+                        + (["novelty_score", "unlike_training"] if novelty is not None else []))
         p_true = pred.probs.gather(1, pred.targets.long()[:, None])[:, 0]
         v_true = verdicts(p_true, pred.counts, pred.targets, settings)
         rows = zip(pred.names, pred.targets.tolist(), pred.counts.tolist(), pred.probs.tolist(), strict=True)
@@ -351,9 +366,10 @@ def write_predictions(pred: FolderPredictions, path: Path) -> Path:
             tl, cl = _label(t, settings), _label(c, settings)
             probs = [f"{v:.6f}" for v in p]
             row = [name, t if tl == str(t) else "", c if cl == str(c) else "", f"{p[c]:.6f}", *probs, tl, cl]
-            row += [str(p[c] < review_t).lower()] if review_t is not None else []
+            row += [str(p[c] < review_t or unlike[i]).lower()] if review_t is not None else []
             count = int(exact_count[i]) if exact[i] else ""
-            writer.writerow(row + [f"{p[t]:.6f}", v_true[i], count, point[i], *probs])
+            extra = [f"{novelty[i]:.4f}", str(unlike[i]).lower()] if novelty is not None else []
+            writer.writerow(row + [f"{p[t]:.6f}", v_true[i], count, point[i], *probs, *extra])
     return path
 
 

@@ -67,6 +67,7 @@ def predictor_settings(predictor: CountPredictor) -> dict:
         "review_threshold": predictor.review_threshold,
         "match_threshold": rule.match_threshold if rule else None,
         "mismatch_threshold": rule.mismatch_threshold if rule else None,
+        "novelty_alpha": predictor.novelty.alpha if predictor.novelty is not None else None,
     }
 
 
