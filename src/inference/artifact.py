@@ -52,7 +52,7 @@ CONTAINER_ENTRY = SRC_ROOT / "serving" / "container.py"
 # transforms.v2.RGB needs torchvision >= 0.19 (container >= 2.4).
 REQUIREMENTS = "# torch, torchvision (>= 0.19) and pillow come with the SageMaker PyTorch inference container.\n"
 ONNX_REQUIREMENT = "onnxruntime>=1.18"
-MAX_CONFIG_BYTES = 1 << 20  # a real model_config.json is a few KB; refuse a huge one before parsing it
+MAX_CONFIG_BYTES = 4 << 20  # a real one is a few KB, up to ~1 MB with a novelty score; refuse a huge one unparsed
 
 
 # How answers are made and routed (src.inference.calibration). ``overflow``: the last class means

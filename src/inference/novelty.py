@@ -27,7 +27,8 @@ NOVELTY_KEY = "novelty"
 DEFAULT_ALPHA = 0.01
 
 
-COMPONENTS = 16  # principal directions kept (model_config.json grows by COMPONENTS x feature count numbers)
+COMPONENTS = 32  # principal directions kept (model_config.json grows by COMPONENTS x feature count numbers;
+# 32 flagged 58 % of real ABID photos for the synthetic quickstart model, 16 flagged 42 %, 64 51 %)
 
 
 def _numbers(values: torch.Tensor) -> list[float]:
