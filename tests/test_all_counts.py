@@ -303,3 +303,12 @@ def test_verdicts_csv_carries_what_was_checked_p_more_than_5_and_the_interval(tm
         written = list(csv.DictReader(f))
     assert [(w["checked_against"], w["interval"]) for w in written] == [("7", "7"), (">15", "16+")]
     assert float(written[0]["p_more_than_5"]) == pytest.approx(rows[0]["p_more_than_5"])
+
+
+def test_a_models_description_names_its_own_tail():
+    from src.utils.provenance import describe_model
+
+    assert describe_model({"net": {"name": "x"}, "classes": list(range(17)), "overflow": True})["model"] == \
+        "x, counts 0..15 and >15"
+    assert describe_model({"net": {"name": "x"}, "classes": list(range(7)), "overflow": True})["model"] == \
+        "x, counts 0..5 and >5"

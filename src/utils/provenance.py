@@ -60,7 +60,8 @@ def describe_model(config: dict[str, Any] | None) -> dict[str, str]:
         parts.append(f"{config['decision_rule']} rule")
     classes = config.get("classes")
     if isinstance(classes, list) and classes:
-        parts.append(f"counts 0..{len(classes) - 1 - bool(config.get('overflow'))}" + (" and >5" if config.get("overflow") else ""))
+        top = len(classes) - 1 - bool(config.get("overflow"))
+        parts.append(f"counts 0..{top}" + (f" and >{top}" if config.get("overflow") else ""))
     out["model"] = ", ".join(parts)
     prov = provenance(config)
     data = prov.get("data") or {}
