@@ -134,3 +134,19 @@ def hyperparameter_argv(overrides: list[str]) -> list[str]:
     for name, value in encode_overrides(overrides).items():
         out += [f"--{name}", value]
     return out
+
+
+def handler_answers(model_dir: Path, images: list[Path]) -> list[dict]:
+    """The SageMaker handler's answers (model_fn .. output_fn, as the container calls them), one JSON
+    request per image; the backend follows ``BINCOUNT_BACKEND``."""
+    import json
+
+    from src.serving.handler import input_fn, model_fn, output_fn, predict_fn
+
+    model = model_fn(str(model_dir))
+    out = []
+    for path in images:
+        doc = {"image": b64(Path(path).read_bytes())}
+        body, _ = output_fn(predict_fn(input_fn(json.dumps(doc), "application/json"), model), "application/json")
+        out += json.loads(body)["predictions"]
+    return out

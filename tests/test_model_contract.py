@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import subprocess
@@ -25,9 +24,8 @@ from src.data.transforms import Preprocessing
 from src.inference.artifact import ArtifactError, export_artifact, load_artifact, read_config
 from src.inference.predictor import CountPredictor
 from src.models.backbones import RUNTIME_REQUIREMENTS, CountNet, backbone_spec
-from src.serving.handler import input_fn, model_fn, output_fn, predict_fn
 from src.training.pipeline import train
-from tests.helpers import ROOT
+from tests.helpers import ROOT, handler_answers
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -46,16 +44,6 @@ data = inference.input_fn(lines, "application/jsonlines")
 body, ctype = inference.output_fn(inference.predict_fn(data, inference.model_fn(model_dir)), "application/jsonlines")
 print(json.dumps([json.loads(line) for line in body.splitlines()]))
 """
-
-
-def handler_answers(model_dir: Path, images: list[Path]) -> list[dict]:
-    model = model_fn(str(model_dir))
-    out = []
-    for path in images:
-        doc = {"image": base64.b64encode(path.read_bytes()).decode()}
-        body, _ = output_fn(predict_fn(input_fn(json.dumps(doc), "application/json"), model), "application/json")
-        out += json.loads(body)["predictions"]
-    return out
 
 
 def same_answers(a: list[dict], b: list[dict], atol: float) -> None:

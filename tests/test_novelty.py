@@ -3,7 +3,6 @@ training data (split conformal), most photos of another kind, and every backend 
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 
@@ -15,9 +14,8 @@ from PIL import Image
 from src.inference.artifact import ArtifactError, read_config
 from src.inference.novelty import fit_novelty
 from src.inference.predictor import CountPredictor
-from src.serving.handler import input_fn, model_fn, output_fn, predict_fn
 from src.training.pipeline import train
-from tests.helpers import SHARED_ABID
+from tests.helpers import SHARED_ABID, handler_answers
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -135,18 +133,9 @@ def test_evaluate_reports_the_share_unlike_training_and_warns_when_it_is_large(i
 def test_every_backend_gives_the_same_novelty_answer(novelty_model, synthetic_dir, tmp_path, monkeypatch):
     images = photos(synthetic_dir / "test", 4) + noise_photos(tmp_path, 2)
 
-    def answers():
-        model = model_fn(str(novelty_model))
-        out = []
-        for path in images:
-            doc = {"image": base64.b64encode(path.read_bytes()).decode()}
-            body, _ = output_fn(predict_fn(input_fn(json.dumps(doc), "application/json"), model), "application/json")
-            out += json.loads(body)["predictions"]
-        return out
-
-    torch_answers = answers()
+    torch_answers = handler_answers(novelty_model, images)
     monkeypatch.setenv("BINCOUNT_BACKEND", "onnx")
-    onnx_answers = answers()
+    onnx_answers = handler_answers(novelty_model, images)
     assert [a["unlike_training"] for a in torch_answers] == [a["unlike_training"] for a in onnx_answers]
     for a, b in zip(torch_answers, onnx_answers, strict=True):
         assert a["novelty_score"] == pytest.approx(b["novelty_score"], rel=1e-3, abs=1e-3)
