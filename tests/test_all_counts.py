@@ -312,3 +312,20 @@ def test_a_models_description_names_its_own_tail():
         "x, counts 0..15 and >15"
     assert describe_model({"net": {"name": "x"}, "classes": list(range(7)), "overflow": True})["model"] == \
         "x, counts 0..5 and >5"
+
+
+def test_the_served_interval_is_the_conformal_one_when_the_artifact_promises_it(tmp_path):
+    from src.inference.artifact import export_artifact
+    from src.inference.calibration import conformal_interval
+
+    torch.manual_seed(0)
+    net = CountNet("resnet18", weights=None, head="ordinal", max_count=15, tail=True, input_size=32).eval()
+    promises = {"interval": {"target": 0.8, "set_threshold": 0.05}}
+    model_dir = export_artifact(net, None, "median", tmp_path / "m", tarball=False, answers={"promises": promises})
+    predictor = CountPredictor.from_model_dir(model_dir)
+    x = torch.randn(4, 3, 32, 32)
+    spans = conformal_interval(predictor.raw_probabilities(predictor.logits(x)), 0.05).tolist()
+    served = predictor.predict_batch(x)
+    assert [r["interval"][0] for r in served] == [lo for lo, _ in spans]
+    assert [r["interval"][1] for r in served] == [None if hi == 16 else hi for _, hi in spans]
+    assert {r["interval_coverage"] for r in served} == {0.8}

@@ -20,8 +20,10 @@ Answers for any count (``all_counts``): a model whose label space reaches beyond
 (``max_count`` > 5) or whose head is not the softmax head (an ordinal head) adds::
 
     "p_more_than_5": 0.12,        # P(count > 5), with max_count >= 5 (the tail included)
-    "interval": [lo, hi],         # the shortest run of consecutive counts holding >= 80 % of the
-                                  # probability; hi null: "lo or more" (it reaches the tail class)
+    "interval": [lo, hi],         # with promises fitted (train.py does): the span of the split-conformal
+                                  # set, covering the true count >= "interval_coverage" of the time on
+                                  # photos like validation's; else the shortest run of consecutive counts
+                                  # holding >= 80 % of the probability; hi null: "lo or more" (the tail)
     "checked_against": "7" | ">15"  # with an expected quantity: the class it was checked against;
                                   # ">15": at or above the tail's first count, P(count > 15)
 
@@ -40,7 +42,7 @@ from PIL import Image
 from src.data.labels import LabelSpace
 from src.data.transforms import eval_transform
 from src.inference.backends import BACKENDS, OnnxRunner, TorchRunner
-from src.inference.calibration import VerdictRule, needs_review
+from src.inference.calibration import VerdictRule, conformal_interval, needs_review
 from src.inference.novelty import NOVELTY_KEY, NoveltyScore
 from src.models.counting import INTERVAL_MASS, count_interval, p_more_than, predict_counts
 from src.models.heads import head_class
@@ -75,6 +77,11 @@ class CountPredictor:
         # Counts beyond 0..5 or an ordinal head: each answer also carries P(count > 5), an 80 %
         # interval and what an expected quantity was checked against (module docstring).
         self.all_counts = self.max_count > 5 or self.head.name != "softmax"
+        # With a conformal interval fitted on validation (promises.interval), that is the interval served:
+        # the span of {k: p_k >= set_threshold} on the probabilities before the temperature.
+        interval = (config.get("promises") or {}).get("interval") or {}
+        self.interval_threshold = interval.get("set_threshold") if self.all_counts else None
+        self.interval_coverage = interval.get("target")
         self.temperature = config.get("temperature")
         self.review_threshold = config.get("review_threshold")
         self.count_cuts = config.get("count_cuts")
@@ -233,6 +240,11 @@ class CountPredictor:
         """One result per image of a preprocessed batch (N, 3, S, S)."""
         logits, novelty = self.logits_and_novelty(batch)
         results = self.results(self.calibrate(logits), ids, expected, counts=self.decide_outputs(logits))
+        if self.interval_threshold is not None:
+            spans = conformal_interval(self.raw_probabilities(logits), self.interval_threshold).tolist()
+            for result, (lo, hi) in zip(results, spans, strict=True):
+                result["interval"] = [lo, None if self.labels.is_tail(hi) else hi]
+                result["interval_coverage"] = self.interval_coverage  # promised, split conformal
         if novelty is not None:
             for result, score in zip(results, novelty.tolist(), strict=True):
                 self.mark_novelty(result, score)
