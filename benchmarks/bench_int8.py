@@ -43,7 +43,8 @@ def cpu_flags() -> list[str]:
         flags = Path("/proc/cpuinfo").read_text().split()
     except OSError:
         return []
-    return sorted({f for f in flags if f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")})
+    return sorted({f for f in flags if f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16",
+                                             "amx_bf16")})
 
 
 def train_small(data: Path, epochs: int, image_size: int = 64, seed: int = 0) -> CountNet:

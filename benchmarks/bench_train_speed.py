@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from benchmarks.bench_int8 import cpu_flags
 from benchmarks.run import best_of, hardware
 from src.models.backbones import CountNet
 
@@ -34,14 +35,6 @@ BACKBONES = (  # (registry name, input size): MobileNetV2 at the sample recipe's
     ("timm/tf_efficientnet_lite2", 260),
 )
 TRAIN_IMAGES, VAL_IMAGES, EPOCHS = 3015, 754, 12
-
-
-def cpu_flags() -> list[str]:
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return []
-    return sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile"})
 
 
 def train_step(net: CountNet, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, bf16: bool) -> None:

@@ -15,7 +15,8 @@ from PIL import Image
 from torchvision.datasets import ImageFolder
 
 from src.data.files import walk_files
-from src.data.layout import IMAGE_EXTENSIONS, overflow_folder
+from src.data.labels import LabelSpace
+from src.data.layout import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +99,7 @@ class CountFolder(ImageFolder):
             )
 
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
-        if self.overflow:
-            classes = [str(i) for i in range(self.num_classes - 1)] + [overflow_folder(self.num_classes - 2)]
-        else:
-            classes = [str(i) for i in range(self.num_classes)]
+        classes = LabelSpace(self.num_classes - 1 - self.overflow, self.overflow).folders
         class_to_idx = {c: i for i, c in enumerate(classes)}
         if self.overflow:  # every count above max_count is the tail's: folders 7/, 12/, ... (max_count 5)
             class_to_idx.update({name: len(classes) - 1 for name in tail_count_folders(directory, self.num_classes - 2)})

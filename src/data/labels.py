@@ -24,8 +24,8 @@ class LabelSpace:
 
     def __post_init__(self) -> None:
         if isinstance(self.max_count, bool) or not isinstance(self.max_count, int) \
-                or not 1 <= self.max_count <= MAX_COUNT_LIMIT:
-            raise ValueError(f"max_count must be an integer in 1..{MAX_COUNT_LIMIT}, got {self.max_count!r}")
+                or not 0 <= self.max_count <= MAX_COUNT_LIMIT:
+            raise ValueError(f"max_count must be an integer in 0..{MAX_COUNT_LIMIT}, got {self.max_count!r}")
 
     @property
     def num_classes(self) -> int:

@@ -27,9 +27,9 @@ TEST_METRIC_PREFIX = "test/"
 
 
 def code_version(root: str | Path = src.PROJECT_ROOT) -> dict[str, Any]:
-    """Package version, git commit and dirtiness of ``root``; commit ``None`` outside a git checkout
-    (a SageMaker container gets the source without .git: ``BINCOUNT_GIT_COMMIT`` fills it in)."""
-    version: dict[str, Any] = {"version": src.__version__, "commit": os.environ.get("BINCOUNT_GIT_COMMIT"), "dirty": None}
+    """Git commit and dirtiness of ``root``; commit ``None`` outside a git checkout (a SageMaker
+    container gets the source without .git: ``BINCOUNT_GIT_COMMIT`` fills it in)."""
+    version: dict[str, Any] = {"commit": os.environ.get("BINCOUNT_GIT_COMMIT"), "dirty": None}
     try:
         run = lambda *args: subprocess.run(  # noqa: E731
             ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=True
