@@ -325,6 +325,7 @@ def validate_config(config: Any, path: str | Path) -> dict[str, Any]:
     """
     from src.models.backbones import backbone_spec
     from src.models.heads import head_class
+    from src.models.pooling import pooling_class
 
     def bad(detail: str) -> ArtifactError:
         return ArtifactError(f"{path}: {detail}; {REEXPORT}")
@@ -337,6 +338,7 @@ def validate_config(config: Any, path: str | Path) -> dict[str, Any]:
     try:
         backbone_spec(str(net.get("name")))
         head_class(net.get("head"))
+        pooling_class(net.get("pooling"))
     except ValueError as err:
         raise bad(f"net: {_short(str(err), 300)}") from None
     num_classes = net.get("num_classes")

@@ -24,6 +24,7 @@ from torch import nn
 from src.data.labels import LabelSpace
 from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from src.models.heads import CountHead, head_class
+from src.models.pooling import AvgPooling, Pooling, pooling_class
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,9 @@ TIMM_HALF = (0.5, 0.5, 0.5)  # timm's TF-ported EfficientNet-Lite statistics
 @dataclass(frozen=True)
 class BackboneSpec:
     """One backbone. ``model`` is the library's own name; ``build`` (source ``builder``) returns
-    ``(module, feature_dim)`` with the module mapping images to pooled features."""
+    ``(module, feature_dim)`` with the module mapping images to pooled features. ``map_path``: the
+    torchvision submodules that, run in order, give the feature map before pooling (a learned
+    ``model.net.pooling`` needs it; timm's models have ``forward_features``)."""
 
     name: str
     source: str
@@ -49,6 +52,7 @@ class BackboneSpec:
     interpolation: str = "bilinear"
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+    map_path: tuple[str, ...] = ()
     build: Callable[[], tuple[nn.Module, int]] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -89,14 +93,16 @@ def _resnet_stages() -> tuple[str, ...]:
     return ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
 
 
+_RESNET_MAP = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
 for _model in ("resnet18", "resnet34", "resnet50"):
-    register_backbone(BackboneSpec(f"torchvision/{_model}", "torchvision", _model, "fc", _resnet_stages()), _model)
+    register_backbone(BackboneSpec(f"torchvision/{_model}", "torchvision", _model, "fc", _resnet_stages(),
+                                   map_path=_RESNET_MAP), _model)
 register_backbone(BackboneSpec("torchvision/mobilenet_v2", "torchvision", "mobilenet_v2", "classifier",
-                               tuple(f"features.{i}" for i in range(19))), "mobilenet_v2")
+                               tuple(f"features.{i}" for i in range(19)), map_path=("features",)), "mobilenet_v2")
 register_backbone(BackboneSpec("torchvision/mobilenet_v3_large", "torchvision", "mobilenet_v3_large", "classifier",
-                               tuple(f"features.{i}" for i in range(17))), "mobilenet_v3_large")
+                               tuple(f"features.{i}" for i in range(17)), map_path=("features",)), "mobilenet_v3_large")
 register_backbone(BackboneSpec("torchvision/efficientnet_b0", "torchvision", "efficientnet_b0", "classifier",
-                               tuple(f"features.{i}" for i in range(9))), "efficientnet_b0")
+                               tuple(f"features.{i}" for i in range(9)), map_path=("features",)), "efficientnet_b0")
 # timm's pretrained configs for these: mean = std = 0.5, bicubic, native sizes 224 / 240 / 260.
 for _n, _size in ((0, 224), (1, 240), (2, 260)):
     register_backbone(BackboneSpec(
@@ -219,6 +225,8 @@ def resolve_preprocessing(spec: BackboneSpec, input_size: int | None = None, int
 
 class CountNet(nn.Module):
     """Backbone (image -> pooled features) + count head (features -> outputs -> probabilities).
+    A learned ``pooling`` (``src.models.pooling``) replaces the backbone's average pooling: the
+    backbone then stops at its feature map.
 
     ``CountNet(**net.spec)`` rebuilds the architecture (weights apart): checkpoints and artifacts
     store the spec. ``num_classes`` is the legacy way to name the label space (``max_count`` and
@@ -235,6 +243,7 @@ class CountNet(nn.Module):
         trainable_stages: int = 0,
         *,
         head: str = "softmax",
+        pooling: str = "avg",
         max_count: int | None = None,
         tail: bool = False,
         input_size: int | None = None,
@@ -253,7 +262,11 @@ class CountNet(nn.Module):
         self.labels = LabelSpace.resolve(max_count, tail, num_classes, where="model.net")
         self.preprocessing = resolve_preprocessing(self.backbone_spec, input_size, interpolation, mean, std, preprocessing)
         self.backbone, self.feature_dim = build_backbone(self.backbone_spec, weights)
-        self.head: CountHead = head_class(head)(self.feature_dim, self.labels, dropout)
+        self.pool: Pooling = pooling_class(pooling)(self.feature_dim)
+        if self.learned_pooling and not (self.backbone_spec.map_path or self.backbone_spec.source == "timm"):
+            raise ValueError(f"model.net.pooling={pooling} needs the feature map, and {self.name} does not say how to get it "
+                             "(BackboneSpec.map_path); use model.net.pooling=avg")
+        self.head: CountHead = head_class(head)(self.pool.out_features, self.labels, dropout)
         self.freeze_backbone = freeze_backbone
         self.trainable_stages = trainable_stages
         if freeze_backbone:
@@ -274,6 +287,7 @@ class CountNet(nn.Module):
         return {
             "name": self.name,
             "head": self.head.name,
+            **({"pooling": self.pool.name} if self.learned_pooling else {}),  # avg: specs as before poolings
             **self.labels.to_dict(),
             "num_classes": self.labels.num_classes,  # derived; kept for readers of older specs
             "dropout": float(self.head.dropout.p),
@@ -301,8 +315,21 @@ class CountNet(nn.Module):
                 self.backbone.get_submodule(stage).train(mode)
         return self
 
+    @property
+    def learned_pooling(self) -> bool:
+        return not isinstance(self.pool, AvgPooling)
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's last feature map (N, C, H, W), before any pooling."""
+        if self.backbone_spec.source == "timm":
+            return self.backbone.forward_features(x)
+        for name in self.backbone_spec.map_path:
+            x = self.backbone.get_submodule(name)(x)
+        return x
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x)
+        """The vector the head reads: the backbone's own pooling, or the learned one on its map."""
+        return self.pool(self.feature_map(x)) if self.learned_pooling else self.backbone(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+        return self.head(self.features(x))

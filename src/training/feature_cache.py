@@ -287,6 +287,10 @@ class FeatureDataModule(BinDataModule):
                 f"{FROZEN_HINT} (got freeze_backbone={getattr(net, 'freeze_backbone', None)}, "
                 f"trainable_stages={getattr(net, 'trainable_stages', None)})"
             )
+        if getattr(net, "learned_pooling", False):
+            raise ValueError(f"data=features caches the backbone's average-pooled features, but model.net.pooling="
+                             f"{net.pool.name} learns its pooling on the feature map; train on images (data=abid) "
+                             "or use model.net.pooling=avg")
         root = self.feature_cache_dir or (self.data_dir / ".feature_cache")
         name = name or type(net.backbone).__name__.lower()
         self.cache = FeatureCache(root, net.backbone, name, batch_size=self.cache_batch_size,
