@@ -207,3 +207,45 @@ def test_a_fresh_machine_keeps_recorded_seeds_marked_and_never_calls_them_here(t
     assert "| 42* | 39.6 % | 1.000 | 30.0 |" in text
     assert "main, seed 42: 39.6 % | 1.000 in the table (\\*), 43.4 % | 1.021 on the machine of an earlier record" in text
     assert " here, " not in text
+
+
+def test_every_count_section_reads_each_seeds_evaluation_and_the_frontier_plots_every_timed_row(tmp_path, monkeypatch):
+    """The all-count rows come from evaluate.py's metrics.json per seed (mean ± sd), sit beside the 0..5
+    recipe's moderate numbers, and every row with minutes lands on the accuracy-against-time plot."""
+    import benchmarks.abid_results as ab
+
+    def level(acc, rmse, const_acc, const_rmse):
+        return {"acc": acc, "rmse": rmse, "mae": rmse / 2, "within1": 0.9, "n": 100,
+                "constant": {"acc": const_acc, "rmse": const_rmse, "mae": 2.0, "within1": 0.4}}
+
+    for seed, acc in ((42, 0.40), (43, 0.44)):
+        run = tmp_path / "runs" / f"abid_allcount_s{seed}"
+        (run / "eval").mkdir(parents=True)
+        (run / "wall_seconds.txt").write_text("1500\n")
+        (run / "eval" / "metrics.json").write_text(json.dumps({
+            "levels": {"hard": level(acc - 0.1, 1.5, 0.15, 4.0), "moderate": level(acc, 1.0, 0.24, 1.4)},
+            "check": {"caught_at_10": 0.5, "caught_at_20": 0.7, "auto_95": {"decided_share": 0.6, "accuracy": 0.95},
+                      "off_by_1": {"roc_auc": 0.8}},
+            "promises": {"interval": {"promised": 0.9, "delivered": 0.91, "n": 100, "ci95": [0.84, 0.96],
+                                      "status": "met", "what": "covers"}},
+        }))
+    monkeypatch.setattr(ab, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(ab, "split_counts", lambda split: [10] * ab.K)
+    monkeypatch.setattr(ab, "constant_rows", lambda: {})
+    per_class = {f"{m}_class_{k}": 0.5 for m in ("acc", "rmse") for k in range(ab.K)}
+    recorded = tmp_path / "recorded.json"
+    recorded.write_text(json.dumps({"rows": {"main": {"seeds": {
+        "42": {"metrics": {"acc": 0.39, "rmse": 1.05, **per_class}, "wall_s": 1800},
+        "43": {"metrics": {"acc": 0.40, "rmse": 1.04, **per_class}, "wall_s": 1800}}}}}))
+
+    results = ab.collect([42, 43], recorded)
+
+    row = results["allcount"]
+    assert row["minutes"] == 25.0 and row["over_seeds"]["moderate_acc"]["mean"] == pytest.approx(0.42)
+    text = ab.markdown(results)
+    assert "| moderate (0..5 images) | 42.0 ± 2.8 % | 1.000 ± 0.000 | - | - | 24.0 ± 0.0 % | 1.400 ± 0.000 |" in text
+    assert "| moderate, the 0..5 recipe (row main) | 39.5 ± 0.7 % |" in text
+    assert "| hard (every count) | 32.0 ± 2.8 % | 1.500 ± 0.000 |" in text
+    assert "seed 42: interval 90 % -> 91.0 % (n 100, met)" in text
+    png = ab.frontier_plot(results, tmp_path / "frontier.png")
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
