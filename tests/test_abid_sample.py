@@ -223,7 +223,8 @@ def test_every_count_section_reads_each_seeds_evaluation_and_the_frontier_plots_
         (run / "eval").mkdir(parents=True)
         (run / "wall_seconds.txt").write_text("1500\n")
         (run / "eval" / "metrics.json").write_text(json.dumps({
-            "levels": {"hard": level(acc - 0.1, 1.5, 0.15, 4.0), "moderate": level(acc, 1.0, 0.24, 1.4)},
+            "levels": {"hard": level(acc - 0.1, 1.5, 0.15, 4.0), "moderate": level(acc, 1.0, 0.24, 1.4),
+                       "moderate_task": level(acc + 0.02, 0.9, 0.24, 1.4)},
             "check": {"caught_at_10": 0.5, "caught_at_20": 0.7, "auto_95": {"decided_share": 0.6, "accuracy": 0.95},
                       "off_by_1": {"roc_auc": 0.8}},
             "promises": {"interval": {"promised": 0.9, "delivered": 0.91, "n": 100, "ci95": [0.84, 0.96],
@@ -243,7 +244,8 @@ def test_every_count_section_reads_each_seeds_evaluation_and_the_frontier_plots_
     row = results["allcount"]
     assert row["minutes"] == 25.0 and row["over_seeds"]["moderate_acc"]["mean"] == pytest.approx(0.42)
     text = ab.markdown(results)
-    assert "| moderate (0..5 images) | 42.0 ± 2.8 % | 1.000 ± 0.000 | - | - | 24.0 ± 0.0 % | 1.400 ± 0.000 |" in text
+    assert "| moderate (0..5 images), answers as served | 42.0 ± 2.8 % | 1.000 ± 0.000 | - | - | 24.0 ± 0.0 % |" in text
+    assert "answers restricted to 0..5 as a 0..5 model's are) | 44.0 ± 2.8 % | 0.900 ± 0.000 |" in text
     assert "| moderate, the 0..5 recipe (row main) | 39.5 ± 0.7 % |" in text
     assert "| hard (every count) | 32.0 ± 2.8 % | 1.500 ± 0.000 |" in text
     assert "seed 42: interval 90 % -> 91.0 % (n 100, met)" in text

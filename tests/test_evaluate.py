@@ -335,6 +335,27 @@ def test_levels_against_hand_computed_values_with_a_tail():
     assert moderate["n"] == 3 and moderate["acc"] == pytest.approx(1 / 3) and moderate["constant"]["count"] == 2
 
 
+def test_the_moderate_task_restricts_answers_to_0_to_5_and_a_0_to_5_model_has_no_such_row():
+    """Bins of 2 and 5 items answered 7 as served (mass above 5), but within 0..5 the model's own
+    distribution says 2 and 4: the moderate task scores those, the moderate level the served answers."""
+    from src.evaluation.levels import level_metrics
+
+    names = ["2/a.jpg", "5/b.jpg", "9/c.jpg"]
+    targets = torch.tensor([2, 5, 9])
+    probs = torch.zeros(3, 11)
+    probs[0, [2, 7]] = torch.tensor([0.3, 0.7])
+    probs[1, [3, 4, 7]] = torch.tensor([0.1, 0.3, 0.6])
+    probs[2, 9] = 1.0
+    pred = FolderPredictions(names, targets, probs, probs.argmax(1), raw_probs=probs,
+                             settings={"max_count": 10, "overflow": False, "decision_rule": "argmax"})
+    m = level_metrics(pred)
+    assert m["moderate"]["n"] == 2 and m["moderate"]["acc"] == 0.0 and m["moderate"]["rmse"] == pytest.approx(math.sqrt((25 + 4) / 2))
+    task = m["moderate_task"]
+    assert task["n"] == 2 and task["acc"] == pytest.approx(0.5) and task["rmse"] == pytest.approx(math.sqrt(1 / 2))
+    pred6 = FolderPredictions(names[:2], targets[:2], probs[:2, :6], probs[:2, :6].argmax(1), settings={"max_count": 5})
+    assert "moderate_task" not in level_metrics(pred6)
+
+
 @pytest.fixture(scope="module")
 def allcount_folder(tmp_path_factory) -> Path:
     """Synthetic bins of 0..8 items."""

@@ -84,6 +84,8 @@ def level_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     if not levels:
         return []
     rows = [{"name": "hard: all counts", "v": levels["hard"]}, {"name": "moderate: 0..5", "v": levels["moderate"]}]
+    if "moderate_task" in levels:
+        rows.append({"name": "moderate task: 0..5, answers restricted to 0..5", "v": levels["moderate_task"]})
     return rows + [{"name": f"count {name}", "v": v} for name, v in levels["hard"]["buckets"].items() if v["n"]]
 
 

@@ -8,6 +8,12 @@ out of both levels (``n_unknown_count``). A model's **point count** is its answe
 class ("more than K") stands for the tail's first count, K + 1 (a lower bound: a tail answer on a
 bin of 12 items is 6 for a 0..5 model with the tail, an error of 6).
 
+The moderate level is scored twice for a model whose answers go beyond 5: ``moderate`` with its
+answers as served (an answer of 7 on a bin of 5 is an error of 2), and ``moderate_task`` as
+abid_challenge's moderate task poses it, where every bin is known to hold 0..5 items: the model's
+distribution restricted to 0..5 and renormalised (P(count = k | count <= 5)), decided by its own rule.
+That is what a 0..5 model answers, so ``moderate_task`` is the like-for-like comparison with one.
+
 A model without a tail (0..5) cannot answer bins above its range: ``CountFolder`` does not read
 those folders, so they are **reported as out of range** (``out_of_range``: how many images, which
 folders) and the hard level then covers only the counts the model can answer (``complete: false``).
@@ -22,6 +28,7 @@ import torch
 
 from src.inference.calibration import exact_counts
 from src.inference.folder import FolderPredictions
+from src.models.counting import predict_counts
 
 BUCKETS = ((0, 5), (6, 10), (11, None))  # per count bucket of the hard level: 0..5, 6..10, 11+
 MODERATE_MAX = 5
@@ -75,6 +82,19 @@ def _level(point: torch.Tensor, truth: torch.Tensor) -> dict[str, Any]:
     return {**scores(point, truth), "constant": constant_median(truth)}
 
 
+def moderate_task_counts(pred: FolderPredictions) -> torch.Tensor | None:
+    """Each image's count when the answer is known to be 0..5: the distribution the counts are decided
+    on (before any temperature), restricted to 0..5 and renormalised, decided by the model's rule
+    (None for a model that answers 0..5 anyway, or hand-made predictions without probabilities)."""
+    probs = pred.raw_probs if pred.raw_probs is not None else pred.probs
+    max_count, tail = label_space(pred)
+    if probs is None or (max_count <= MODERATE_MAX and not tail):
+        return None
+    inside = probs[:, : MODERATE_MAX + 1].double()
+    inside = inside / inside.sum(-1, keepdim=True).clamp_min(1e-300)
+    return predict_counts(inside, pred.settings.get("decision_rule", "argmax"))
+
+
 def out_of_range_images(eval_dir: str | Path | None, max_count: int, tail: bool) -> dict[str, Any]:
     """Images of count folders above ``max_count`` that a model without a tail does not read."""
     from src.data.images import IMAGE_EXTENSIONS
@@ -112,4 +132,6 @@ def level_metrics(pred: FolderPredictions, eval_dir: str | Path | None = None) -
         "out_of_range": outside,
         "hard": {**_level(p, t), "complete": outside["n"] == 0, "buckets": buckets},
         "moderate": _level(p[moderate], t[moderate]),
+        **({"moderate_task": {**_level(task[exact][moderate], t[moderate]), "answers": "0..5 (restricted, renormalised)"}}
+           if (task := moderate_task_counts(pred)) is not None else {}),
     }

@@ -265,6 +265,8 @@ def level_lines(metrics: dict[str, Any]) -> list[str]:
     if not levels:
         return []
     rows = [("hard (all counts)", levels["hard"]), ("moderate (0..5)", levels["moderate"])]
+    if "moderate_task" in levels:
+        rows.append(("moderate task (answers 0..5)", levels["moderate_task"]))
     rows += [(f"  count {name}", b) for name, b in levels["hard"]["buckets"].items() if b["n"]]
     lines = ["level               n     acc %   RMSE    MAE  within1 %   | median constant: count, acc %, RMSE, MAE"]
     for name, v in rows:
