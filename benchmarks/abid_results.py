@@ -3,6 +3,7 @@
     python benchmarks/abid_results.py            # collect finished runs, add the free ablations
     python benchmarks/abid_results.py --train    # first train the rows/seeds missing (CPU: hours)
     python benchmarks/abid_results.py --train --rows main capstone --seeds 42
+    python benchmarks/abid_results.py --train --rows allcount    # the every-count model, 3 seeds
 
 Runs live in ``logs/train/runs/abid_<row>_s<seed>/`` (metrics.json, checkpoints). Free ablations
 reuse the main recipe's best checkpoint: argmax vs rounded expected count, with and without
@@ -409,13 +410,14 @@ def frontier_plot(results: dict, path: Path) -> Path | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train", action="store_true", help="train the missing rows first")
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--rows", nargs="+", default=[*ROWS, "allcount"], choices=[*ROWS, "allcount"],
+                        help="allcount: the every-count model (benchmarks/allcount_results.py)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
     args = parser.parse_args()
     if args.train:
         for seed in args.seeds:
             for key in args.rows:
-                train_row(key, seed)
+                allcount_results.train(seed) if key == "allcount" else train_row(key, seed)
     results = collect(args.seeds)
     out = Path(os.environ.get("BENCH_OUT", ROOT / "bench_out"))
     out.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ import json
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,19 @@ FIELDS = {
 
 def run_dir(seed: int, runs: Path = RUNS) -> Path:
     return runs / f"abid_allcount_s{seed}"
+
+
+def train(seed: int, runs: Path = RUNS) -> float:
+    """Train one seed unless its artifact exists; returns wall seconds (0 when skipped)."""
+    out = run_dir(seed, runs)
+    if (out / "model" / "model_config.json").is_file():
+        return 0.0
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "train.py", "experiment=abid_sample_allcount", f"seed={seed}",
+                    f"hydra.run.dir={out}", "callbacks.progress_bar=null"], cwd=ROOT, check=True)
+    seconds = time.perf_counter() - start
+    (out / "wall_seconds.txt").write_text(f"{seconds:.0f}\n")
+    return seconds
 
 
 def evaluate(run: Path) -> dict[str, Any] | None:

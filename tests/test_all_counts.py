@@ -273,7 +273,7 @@ def test_a_short_all_count_run_beats_the_constant_median(tmp_path):
         f"data.data_dir={root}", f"paths.output_dir={tmp_path / 'run'}", "model.net.name=toy/tiny",
         "model.net.head=ordinal", "data.image_size=null", "data.max_count=10", "data.overflow=true",
         "model.decision_rule=median", "model/optimizer=adamw", "model.optimizer.lr=0.01", "model/scheduler=cosine",
-        "trainer.max_epochs=10", "seed=0",
+        "trainer.max_epochs=10", "seed=0", "answers.choose_rule=rmse",
     ])
     metrics, _ = train(cfg)
     train_classes = CountFolder(root / "train", num_classes=12, overflow=True).targets
@@ -287,9 +287,27 @@ def test_a_short_all_count_run_beats_the_constant_median(tmp_path):
     assert acc > const_acc + 0.03 and rmse < const_rmse - 0.3
     config = read_config(Path(metrics["artifact_dir"]))
     assert config["net"]["head"] == "ordinal" and config["max_count"] == 10 and config["overflow"] is True
+    choice = config["calibration"]["rule_choice"]  # chosen on val by RMSE; the test above scored it
+    assert set(choice["val"]) == {"argmax", "expected", "median"} and choice["n"] == 150
+    assert config["decision_rule"] == choice["chosen"] == min(choice["val"], key=lambda r: choice["val"][r]["rmse"])
     [answer] = CountPredictor.from_model_dir(metrics["artifact_dir"]).predict_batch(torch.zeros(1, 3, 40, 40),
                                                                                     expected=[12])
     assert answer["checked_against"] == ">10" and len(answer["interval"]) == 2 and 0 <= answer["p_more_than_5"] <= 1
+
+
+def test_the_rule_is_chosen_by_the_validation_criterion():
+    from src.training.answers import choose_rule
+
+    # Two-humped rows: argmax answers 0, the median 3 (or 1), the rounded mean 2.
+    probs = torch.tensor([[0.4, 0.0, 0.0, 0.3, 0.3]] * 6 + [[0.49, 0.03, 0.0, 0.0, 0.48]] + [[0.0] * 4 + [1.0]] * 4)
+    count = torch.tensor([0] * 3 + [3] * 3 + [0] + [4] * 4)
+    rule, choice = choose_rule(probs, count, criterion="rmse")
+    assert rule == "expected" and choice["val"]["expected"]["rmse"] == pytest.approx((19 / 11) ** 0.5)
+    assert choice["val"]["median"]["rmse"] == pytest.approx((28 / 11) ** 0.5)
+    rule, choice = choose_rule(probs, count, criterion="acc")
+    assert rule == "argmax" and choice["val"]["argmax"]["acc"] == pytest.approx(8 / 11)
+    with pytest.raises(ValueError, match=r"answers.choose_rule='mae': use one of rmse, acc"):
+        choose_rule(probs, count, criterion="mae")
 
 
 def test_verdicts_csv_carries_what_was_checked_p_more_than_5_and_the_interval(tmp_path):

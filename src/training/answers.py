@@ -1,5 +1,5 @@
-"""After training: fit the temperature, the count cuts, the review threshold and the verdict
-thresholds on the validation split, for the artifact (``answers`` in configs/train.yaml;
+"""After training: choose the decision rule, fit the temperature, the count cuts, the review
+threshold and the verdict thresholds on the validation split, for the artifact (``answers`` in configs/train.yaml;
 docs/warehouse.md)."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from src.inference.calibration import (
     review_threshold,
 )
 from src.inference.predictor import CountPredictor
-from src.models.counting import expected_count, predict_counts
+from src.models.counting import DECISION_RULES, expected_count, predict_counts
 from src.models.heads import CountHead, SoftmaxHead
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,35 @@ def _fit_cuts(probs: torch.Tensor, targets: torch.Tensor, overflow: bool) -> tup
     return cuts, {"count_cuts_val": {"n": int(keep.sum()), "rounding": score(rounded), "cuts": score(fitted)}}
 
 
+RULE_CRITERIA = ("rmse", "acc")
+
+
+def choose_rule(
+    probs: torch.Tensor,
+    count: torch.Tensor,
+    overflow: bool = False,
+    criterion: str = "rmse",
+    rules: tuple[str, ...] = DECISION_RULES,
+) -> tuple[str, dict[str, Any]]:
+    """The decision rule scoring best on validation by ``criterion`` (``rmse``: lowest count RMSE, ties
+    to the higher accuracy; ``acc``: the reverse), and every rule's scores. ``count``: each image's
+    true count (a tail image's folder number: answering the tail scores as its first count, as the
+    hard level does)."""
+    if criterion not in RULE_CRITERIA:
+        raise ValueError(f"answers.choose_rule={criterion!r}: use one of {', '.join(RULE_CRITERIA)} (or null: keep model.decision_rule)")
+    scores = {}
+    for rule in rules:
+        error = (predict_counts(probs, rule, overflow) - count).double()
+        scores[rule] = {"acc": float((error == 0).double().mean()), "rmse": float(error.pow(2).mean().sqrt())}
+
+    def rank(rule: str) -> tuple[float, float]:
+        acc, rmse = scores[rule]["acc"], scores[rule]["rmse"]
+        return (rmse, -acc) if criterion == "rmse" else (-acc, rmse)
+
+    chosen = min(rules, key=rank)
+    return chosen, {"criterion": criterion, "chosen": chosen, "n": int(len(count)), "val": scores}
+
+
 def fit_on_folder(
     net: torch.nn.Module,
     image_size: int | None,
@@ -118,8 +147,11 @@ def fit_on_folder(
     calibrate: bool = True,
     batch_size: int = 64,
     count_cuts: bool = False,
+    choose: str | None = None,
 ) -> dict[str, Any]:
-    """Predict the validation folder with the trained ``net`` (the serving preprocessing), then fit."""
+    """Predict the validation folder with the trained ``net`` (the serving preprocessing), then fit.
+    ``choose`` (a ``RULE_CRITERIA`` name): first choose the decision rule by it (``choose_rule``); the
+    result then holds ``decision_rule`` and the comparison in ``calibration.rule_choice``."""
     from src.inference.folder import predict_folder  # the one labelled-folder reader (evaluation uses it too)
 
     answers = {"overflow": True} if overflow else None
@@ -128,11 +160,20 @@ def fit_on_folder(
     predictor = CountPredictor(net, config, "torch", channels_last=False)
     pred = predict_folder(predictor, val_dir, num_classes or len(config["classes"]), batch_size)
     max_count = len(config["classes"]) - 1 - int(overflow)
+    true_counts = exact_counts(pred.names, pred.targets, max_count, overflow)
+    choice = None
+    if choose:
+        decision_rule, choice = choose_rule(predictor.head.probabilities(pred.logits), true_counts[0], overflow, choose)
+        log.info("Decision rule %r chosen by validation %s: %s", decision_rule, choose,
+                 ", ".join(f"{r} {100 * v['acc']:.1f} % / {v['rmse']:.3f}" for r, v in choice["val"].items()))
     fitted = fit_answer_settings(
         pred.logits, pred.targets, decision_rule, overflow, target_accuracy, verdict_precision, calibrate, count_cuts,
-        head=predictor.head, true_counts=exact_counts(pred.names, pred.targets, max_count, overflow),
+        head=predictor.head, true_counts=true_counts,
     )
     cal = fitted["calibration"]
+    if choice:
+        cal["rule_choice"] = choice
+        fitted["decision_rule"] = decision_rule
     log.info(
         "Answers fitted on %d validation images: T=%.3f, ECE %.3f -> %.3f, review below %.3f "
         "(%.0f %% auto-accepted at %.1f %% accuracy), verdict match >= %.3f, mismatch <= %.3f",

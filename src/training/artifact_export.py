@@ -25,7 +25,8 @@ class ArtifactExport(pl.Callback):
     The network's own spec gives the label space and the preprocessing. ``answers`` (train.yaml's
     ``answers``): with ``fit``, the temperature, review threshold and verdict thresholds (and with
     ``count_cuts`` where each count starts) are fitted on ``val_dir`` with those weights and stored
-    in the artifact; fitted count cuts also decide the test that follows. ``data`` (the data
+    in the artifact; with ``choose_rule`` the decision rule is chosen there first. The chosen rule
+    and fitted count cuts also decide the test that follows. ``data`` (the data
     config) and the datamodule's class counts become the artifact's provenance.
     """
 
@@ -56,7 +57,7 @@ class ArtifactExport(pl.Callback):
             target_accuracy=self.answers.get("target_accuracy", 0.9),
             verdict_precision=self.answers.get("verdict_precision", 0.9),
             calibrate=self.answers.get("calibrate", True), batch_size=self.batch_size,
-            count_cuts=self.answers.get("count_cuts", False),
+            count_cuts=self.answers.get("count_cuts", False), choose=self.answers.get("choose_rule"),
         )
 
     def fit_novelty(self, net) -> dict[str, Any] | None:
@@ -72,20 +73,25 @@ class ArtifactExport(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.artifact_dir:
             return
-        cuts = self.export(trainer, pl_module) if trainer.is_global_zero else None
-        if cuts is not None and trainer.world_size == 1:  # the test that follows answers as the export does
-            pl_module.count_cuts = cuts
-        elif cuts is not None:  # no collective here: the other ranks did not wait for rank 0's export
-            log.warning("Count cuts are in the artifact; this %d-process test scores plain rounding", trainer.world_size)
+        rule, cuts = self.export(trainer, pl_module) if trainer.is_global_zero else (None, None)
+        fitted = rule != pl_module.hparams.decision_rule or cuts is not None
+        if rule and fitted and trainer.world_size == 1:  # the test that follows answers as the export does
+            pl_module.hparams.decision_rule, pl_module.count_cuts = rule, cuts
+        elif rule and fitted:  # no collective here: the other ranks did not wait for rank 0's export
+            log.warning("The artifact's rule %r and cuts %s were fitted on val; this %d-process test scores "
+                        "model.decision_rule without cuts", rule, cuts, trainer.world_size)
 
-    def export(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[float] | None:
-        """Write the artifact; returns its fitted count cuts, if any."""
+    def export(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[str, list[float] | None]:
+        """Write the artifact; returns its decision rule and fitted count cuts, if any."""
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         net = pl_module.net
         if best:  # the best epoch, not the last; a copy, so the module's own weights stay as they are
             net = load_net_weights(copy.deepcopy(net), best)
         rule = pl_module.hparams.decision_rule
         answers = self.fit_answers(net, rule)  # in the artifact only: every rank's metrics stay equal
+        if answers and "decision_rule" in answers:  # answers.choose_rule: the rule validation chose
+            answers = dict(answers)
+            rule = answers.pop("decision_rule")
         novelty = self.fit_novelty(net)
         if novelty:
             answers = {**(answers or {}), NOVELTY_KEY: novelty}
@@ -94,7 +100,7 @@ class ArtifactExport(pl.Callback):
         self.path = export_artifact(net, None, rule, self.artifact_dir, onnx=self.onnx, answers=answers,
                                     provenance=provenance)
         log.info("Model artifact written to %s (%s weights)", self.path, "best" if best else "final")
-        return (answers or {}).get("count_cuts")
+        return rule, (answers or {}).get("count_cuts")
 
     def summary(self) -> dict[str, Any]:
         return {"artifact_dir": str(self.path)} if self.path else {}
