@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "abid_sample_allcount"
 RUNS = ROOT / "logs" / "train" / "runs"
 LABEL = ("every count: the sample prepared with max_count=null (counts 0..15 and 'more than 15'), "
-         "CORN ordinal head, median count, 12 epochs, channels_last")
+         "CORN ordinal head, the count rule chosen on validation RMSE (answers.choose_rule=rmse), "
+         "12 epochs, channels_last")
 COMMAND = "python train.py experiment=abid_sample_allcount"
 # metrics.json path -> the summary's key; the numbers averaged over seeds.
 FIELDS = {
@@ -81,6 +82,12 @@ def _get(metrics: dict, path: tuple[str, ...]) -> Any:
     return metrics
 
 
+def _decision_rule(run: Path) -> str | None:
+    """The count rule the run's artifact answers with (chosen on validation when answers.choose_rule is set)."""
+    config = run / "model" / "model_config.json"
+    return json.loads(config.read_text()).get("decision_rule") if config.is_file() else None
+
+
 def summary(metrics: dict[str, Any]) -> dict[str, Any]:
     """The numbers of one seed, plus each promise's status (met, within bound, broken or vacuous)."""
     out = {name: _get(metrics, path) for path, name in FIELDS.items()}
@@ -99,7 +106,8 @@ def collect(seeds: list[int], earlier: dict[str, Any] | None = None, root: Path 
         metrics = evaluate(run_dir(seed, root))
         if metrics is not None:
             wall = run_dir(seed, root) / "wall_seconds.txt"
-            runs[str(seed)] = {**summary(metrics), "wall_s": float(wall.read_text()) if wall.is_file() else None}
+            runs[str(seed)] = {**summary(metrics), "wall_s": float(wall.read_text()) if wall.is_file() else None,
+                               "rule": _decision_rule(run_dir(seed, root))}
         elif earlier and str(seed) in earlier.get("seeds", {}):
             runs[str(seed)] = {**earlier["seeds"][str(seed)], "recorded_earlier": True}
     if not runs:
@@ -137,7 +145,9 @@ def markdown(row: dict[str, Any] | None, main: dict[str, Any] | None = None) -> 
     first = next(iter(row["seeds"].values()))
     lines = ["", f"Every count (issue 26): {row['label']}; seeds {seeds}, {row['minutes']} minutes a run; "
              f"`{row['command']} seed=<seed>`, then `python benchmarks/abid_results.py` (evaluate.py on each "
-             f"seed's artifact). Test split: {first['n_test']} images, {first['n_moderate']} of them 0..5.", "",
+             f"seed's artifact). Test split: {first['n_test']} images, {first['n_moderate']} of them 0..5. "
+             "Count rule per seed: " + ", ".join(f"{s} {r.get('rule') or '?'}" for s, r in sorted(row["seeds"].items()))
+             + ".", "",
              "| level | this model: acc | RMSE | MAE | within one | constant (median): acc | RMSE |",
              "|---|---|---|---|---|---|---|"]
     lines.append(f"| hard (every count) | {_ms(row, 'hard_acc', True)} | {_ms(row, 'hard_rmse', False)} | "
@@ -155,7 +165,7 @@ def markdown(row: dict[str, Any] | None, main: dict[str, Any] | None = None) -> 
                      f"{r['mean']:.3f} ± {r['std']:.3f} | - | - | - | - |")
     lines += ["", "The check set (test split, 10 % of records wrong; thresholds fitted on the validation split):", "",
               "| wrong records caught, 10 % / 20 % reviewed | decided automatically at 95 % (right) | "
-              "at 97 % (right) | mismatch precision (95 %) | ROC AUC off by 1 / 2 | 80 % interval covers |",
+              "at 97 % (right) | mismatch precision (95 %) | ROC AUC off by 1 / 2 | 80 % probability-mass interval covers |",
               "|---|---|---|---|---|---|",
               f"| {_ms(row, 'caught_at_10', True)} / {_ms(row, 'caught_at_20', True)} | "
               f"{_ms(row, 'auto95_decided', True)} ({_ms(row, 'auto95_right', True)}) | "
