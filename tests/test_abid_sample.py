@@ -36,6 +36,17 @@ def test_recipe_config_composes():
     assert not (cfg.data.weighted_sampler and cfg.model.criterion.weighting != "none")
 
 
+def test_every_results_row_composes_so_a_typo_fails_here_not_hours_into_a_run():
+    from benchmarks.abid_results import ROWS
+
+    for key, (_, overrides) in ROWS.items():
+        cfg = compose_cfg("train", overrides)
+        assert cfg.data.data_dir.endswith("data/abid_sample"), key
+    student = compose_cfg("train", ROWS["distill_countmap"][1])
+    assert student.model.net.pooling == "countmap" and student.model.channels_last
+    assert [Path(t).parent.name for t in student.data.teachers] == [f"abid_countmap_s{s}" for s in (42, 43, 44)]
+
+
 def test_capstone_row_config_is_the_capstone_recipe_on_the_sample():
     cfg = compose_cfg("train", ["experiment=abid_capstone"])
     assert cfg.model.net.name == "torchvision/mobilenet_v2" and cfg.model.net.freeze_backbone

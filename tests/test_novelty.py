@@ -154,3 +154,21 @@ def test_a_novelty_record_that_does_not_fit_the_network_is_refused(novelty_model
     (mine / "model_config.json").write_text(json.dumps(config))
     with pytest.raises(ArtifactError, match="novelty has 511 features, the network 512"):
         CountPredictor.from_model_dir(mine)
+
+
+@pytest.mark.parametrize("pooling", ["countmap", "attention"])
+def test_a_learned_pooling_model_loads_with_its_novelty_score(pooling, synthetic_dir, tmp_path):
+    # The score reads the vector the head reads: a learned pooling's width (countmap 256,
+    # attention 2x the channels), not the backbone's. Such artifacts once failed to load at all.
+    from tests.helpers import TINY, compose_cfg
+
+    cfg = compose_cfg("train", [*TINY, f"data.data_dir={synthetic_dir}", f"paths.output_dir={tmp_path}",
+                                f"model.net.pooling={pooling}", "answers.novelty_alpha=0.05"])
+    metrics, _ = train(cfg)
+    model_dir = Path(metrics["artifact_dir"])
+    predictor = CountPredictor.from_model_dir(model_dir)
+    net = predictor.runner.net
+    assert net.pool.out_features != net.feature_dim
+    assert len(read_config(model_dir)["novelty"]["mean"]) == net.pool.out_features
+    answer = predictor.predict([Image.open(photos(synthetic_dir / "test", 1)[0])])[0]
+    assert isinstance(answer["novelty_score"], float) and "unlike_training" in answer

@@ -440,9 +440,10 @@ def load_artifact(model_dir: str | Path) -> tuple[CountNet, dict[str, Any]]:
         raise ArtifactError(f"{model_dir / CONFIG_FILE}: net {_short(spec, 200)} does not build ({_short(str(err), 200)})"
                             f"; {REEXPORT}") from None
     novelty = config.get(NOVELTY_KEY)
-    if novelty and len(novelty["mean"]) != net.feature_dim:
+    # The novelty score reads the vector the head reads: a learned pooling's width, not the backbone's.
+    if novelty and len(novelty["mean"]) != net.pool.out_features:
         raise ArtifactError(f"{model_dir / CONFIG_FILE}: {NOVELTY_KEY} has {len(novelty['mean'])} features, the network "
-                            f"{net.feature_dim}; {REEXPORT}")
+                            f"{net.pool.out_features}; {REEXPORT}")
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
         net.load_state_dict(state)
