@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import allcount_results  # noqa: E402
 from src.data.images import CountFolder  # noqa: E402
 from src.data.transforms import eval_transform  # noqa: E402
-from src.models.backbones import CountNet  # noqa: E402
+from src.inference.checkpoint import load_checkpoint  # noqa: E402
 from src.models.counting import predict_counts  # noqa: E402
 from src.models.metrics import metrics_from_confusion  # noqa: E402
 
@@ -136,21 +136,12 @@ def constant_rows(data: Path = DATA) -> dict[str, dict]:
     return rows
 
 
-def _state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-    return {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
-
-
 @torch.no_grad()
 def _split_probabilities(run: Path, ckpt: Path, split: str = "test") -> dict[str, torch.Tensor]:
-    """One pass over a split with a run's checkpoint: softmax of each image and of its mirror."""
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
-    net = CountNet(name=cfg.model.net.name, weights=None, num_classes=K, dropout=cfg.model.net.dropout)
-    net.load_state_dict(_state_dict(ckpt))
-    net.eval()
-    data = CountFolder(DATA / split, K, eval_transform(cfg.data.image_size))
+    """One pass over a split with a run's checkpoint: softmax of each image and of its mirror.
+    The net is rebuilt from the checkpoint's own spec (pooling, preprocessing), as export.py does."""
+    net = load_checkpoint(ckpt).net
+    data = CountFolder(DATA / split, K, eval_transform(net.preprocessing))
     loader = torch.utils.data.DataLoader(data, batch_size=64, num_workers=2)
     probs, probs_flip, true = [], [], []
     for x, y in loader:

@@ -165,6 +165,27 @@ def test_constant_rows_score_the_training_mode_and_mean(tmp_path):
     assert mean_row["metrics"]["rmse"] == pytest.approx(rmse)
 
 
+def test_the_results_pass_rebuilds_a_learned_pooling_net_from_its_checkpoint(tmp_path, monkeypatch):
+    # Count cuts and free ablations rescore checkpoints; a count-map net must come back as trained.
+    import torch
+
+    import benchmarks.abid_results as ab
+    from src.data.synthetic import make_imagefolder
+    from src.models.backbones import CountNet
+
+    data = make_imagefolder(tmp_path / "d", {"train": 6, "test": 12}, image_size=32, seed=2)
+    monkeypatch.setattr(ab, "DATA", data)
+    torch.manual_seed(0)
+    net = CountNet("torchvision/resnet18", None, pooling="countmap", max_count=5, input_size=32).eval()
+    ckpt = tmp_path / "best.ckpt"
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}, "net_spec": net.spec}, ckpt)
+    out = ab._split_probabilities(tmp_path, ckpt)
+    assert out["probs"].shape == (12, 6) and out["true"].shape == (12,)
+    x = torch.stack([ab.CountFolder(data / "test", 6, ab.eval_transform(net.preprocessing))[0][0]])
+    with torch.no_grad():
+        torch.testing.assert_close(out["probs"][:1], net(x).softmax(-1))
+
+
 def test_rule_and_tta_scores_each_view():
     import torch
 
