@@ -82,6 +82,8 @@ ROWS: dict[str, tuple[str, list[str]]] = {
               [*FAST, "model=efficientnet_lite0", "model.net.weights=imagenet"]),
     "countmap": ("this recipe, channels_last, count-map pooling (per-location evidence, averaged)",
                  [*FAST, "model.net.pooling=countmap"]),
+    "countmap_bf16": ("this recipe, channels_last, count-map pooling, bf16 autocast (AVX-512 BF16)",
+                      [*FAST, "model.net.pooling=countmap", "trainer.precision=bf16-mixed"]),
     "distill": ("this recipe distilled from the main recipe's three seeds (soft targets on training images and "
                 "mirrors, weight 0.5, T 2; teachers' time not counted)", ["experiment=abid_sample_distill"]),
     "distill_countmap": ("count-map pooling, channels_last, distilled from the count-map row's three seeds "
