@@ -139,7 +139,7 @@ def constant_rows(data: Path = DATA) -> dict[str, dict]:
 
 
 @torch.no_grad()
-def _split_probabilities(run: Path, ckpt: Path, split: str = "test") -> dict[str, torch.Tensor]:
+def _split_probabilities(ckpt: Path, split: str = "test") -> dict[str, torch.Tensor]:
     """One pass over a split with a run's checkpoint: softmax of each image and of its mirror.
     The net is rebuilt from the checkpoint's own spec (pooling, preprocessing), as export.py does."""
     net = load_checkpoint(ckpt).net
@@ -160,7 +160,7 @@ def split_probabilities(run: Path, ckpt: Path, split: str = "test") -> dict[str,
         cached = torch.load(cache, map_location="cpu", weights_only=True)
         if cached.get("ckpt") == str(ckpt):
             return cached
-    out = {"ckpt": str(ckpt), **_split_probabilities(run, ckpt, split)}
+    out = {"ckpt": str(ckpt), **_split_probabilities(ckpt, split)}
     torch.save(out, cache)
     return out
 

@@ -82,18 +82,13 @@ def _get(metrics: dict, path: tuple[str, ...]) -> Any:
     return metrics
 
 
-def _decision_rule(run: Path) -> str | None:
-    """The count rule the run's artifact answers with (chosen on validation when answers.choose_rule is set)."""
-    config = run / "model" / "model_config.json"
-    return json.loads(config.read_text()).get("decision_rule") if config.is_file() else None
-
-
 def summary(metrics: dict[str, Any]) -> dict[str, Any]:
     """The numbers of one seed, plus each promise's status (met, within bound, broken or vacuous)."""
     out = {name: _get(metrics, path) for path, name in FIELDS.items()}
     promises = metrics.get("promises") or {}
     out["promises"] = {k: {"promised": v["promised"], "delivered": v["delivered"], "n": v["n"], "status": v["status"]}
                        for k, v in promises.items() if isinstance(v, dict) and "status" in v}
+    out["rule"] = _get(metrics, ("model", "decision_rule"))  # chosen on validation with answers.choose_rule
     out["n_test"] = _get(metrics, ("levels", "hard", "n"))
     out["n_moderate"] = _get(metrics, ("levels", "moderate", "n"))
     return out
@@ -106,8 +101,7 @@ def collect(seeds: list[int], earlier: dict[str, Any] | None = None, root: Path 
         metrics = evaluate(run_dir(seed, root))
         if metrics is not None:
             wall = run_dir(seed, root) / "wall_seconds.txt"
-            runs[str(seed)] = {**summary(metrics), "wall_s": float(wall.read_text()) if wall.is_file() else None,
-                               "rule": _decision_rule(run_dir(seed, root))}
+            runs[str(seed)] = {**summary(metrics), "wall_s": float(wall.read_text()) if wall.is_file() else None}
         elif earlier and str(seed) in earlier.get("seeds", {}):
             runs[str(seed)] = {**earlier["seeds"][str(seed)], "recorded_earlier": True}
     if not runs:

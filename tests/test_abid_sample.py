@@ -179,7 +179,7 @@ def test_the_results_pass_rebuilds_a_learned_pooling_net_from_its_checkpoint(tmp
     net = CountNet("torchvision/resnet18", None, pooling="countmap", max_count=5, input_size=32).eval()
     ckpt = tmp_path / "best.ckpt"
     torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}, "net_spec": net.spec}, ckpt)
-    out = ab._split_probabilities(tmp_path, ckpt)
+    out = ab._split_probabilities(ckpt)
     assert out["probs"].shape == (12, 6) and out["true"].shape == (12,)
     x = torch.stack([ab.CountFolder(data / "test", 6, ab.eval_transform(net.preprocessing))[0][0]])
     with torch.no_grad():
@@ -261,6 +261,7 @@ def test_every_count_section_reads_each_seeds_evaluation_and_the_frontier_plots_
                       "off_by_1": {"roc_auc": 0.8}},
             "promises": {"interval": {"promised": 0.9, "delivered": 0.91, "n": 100, "ci95": [0.84, 0.96],
                                       "status": "met", "what": "covers"}},
+            "model": {"decision_rule": "expected"},
         }))
     monkeypatch.setattr(ab, "RUNS", tmp_path / "runs")
     monkeypatch.setattr(ab, "split_counts", lambda split: [10] * ab.K)
@@ -281,5 +282,6 @@ def test_every_count_section_reads_each_seeds_evaluation_and_the_frontier_plots_
     assert "| moderate, the 0..5 recipe (row main) | 39.5 ± 0.7 % |" in text
     assert "| hard (every count) | 32.0 ± 2.8 % | 1.500 ± 0.000 |" in text
     assert "seed 42: interval 90 % -> 91.0 % (n 100, met)" in text
+    assert "Count rule per seed: 42 expected, 43 expected." in text
     png = ab.frontier_plot(results, tmp_path / "frontier.png")
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
