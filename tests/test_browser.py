@@ -236,11 +236,11 @@ def test_page_checks_a_manifest_like_predict_manifest(browser, server, photo, tm
         cells = [td.text for td in tr.find_elements(By.TAG_NAME, "td")]
         assert cells[0] == str(want["row"]) and cells[1] == want["image"]
         if "error" in want:
-            assert tr.get_attribute("data-verdict") == "error" and cells[7], cells
+            assert tr.get_attribute("data-verdict") == "error" and cells[9], cells
         else:
             assert tr.get_attribute("data-verdict") == want["verdict"] == cells[3]
             assert cells[4] == want["label"] and cells[6] == f"{want['p_expected']:.3f}"
-    errors = [tr.find_elements(By.TAG_NAME, "td")[7].text for tr in rows]
+    errors = [tr.find_elements(By.TAG_NAME, "td")[9].text for tr in rows]
     # The same rows fail for the same reason (the wording of the limits belongs to the server and predict.py).
     assert "expected_quantity" in errors[2] and "'x'" in errors[2] and "'x'" in expected[2]["error"]
     assert "9" in errors[3] and "9" in expected[3]["error"]  # above what this 0..5 model can check
@@ -262,6 +262,63 @@ def test_page_refuses_a_manifest_without_its_columns(browser, server, tmp_path):
     assert status.text.startswith("bad.csv: the manifest needs a header with columns image, expected_quantity "
                                   "(missing: image, expected_quantity)")
     assert not browser.find_element(By.ID, "manifest-results").is_displayed()
+
+
+def test_page_shows_an_all_count_answer_as_the_server_gives_it(browser, photo, tmp_path, screenshots, synthetic_dir):
+    """A model that counts every bin: the card shows the labels 0..K and ">K", the interval and P(count > 5)
+    the server sent; a record above K is checked against the tail, and the card says so; the manifest
+    table carries the same checked-against class and interval as predict.py --manifest."""
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from src.inference.artifact import export_artifact
+    from src.serving.app import create_app, serve_in_background
+    from src.serving.predict import interval_text, predict_manifest
+    from tests.helpers import IMAGE_SIZE
+    from tests.test_all_count_parity import K, all_count_net
+
+    model_dir = export_artifact(all_count_net(sorted(synthetic_dir.glob("train/*/*.jpg"))[:40]), IMAGE_SIZE, "median", tmp_path / "model", tarball=False,
+                                answers={"match_threshold": 0.9, "mismatch_threshold": 0.001})
+    predictor = CountPredictor.from_model_dir(model_dir)
+    with Image.open(photo) as im:
+        [want] = predictor.predict([im.convert("RGB")], expected=[K + 4])
+    assert want["checked_against"] == f">{K}"
+    with serve_in_background(create_app(predictor, check=False)) as url:
+        (card,) = _upload(browser, url, photo)
+        labels = [s.text for s in card.find_elements(By.CSS_SELECTOR, ".bars > span")][::2]
+        assert labels == [*map(str, range(K + 1)), f">{K}"]
+        assert card.find_element(By.CSS_SELECTOR, ".count").text.split()[0] == want["label"]
+        lo, hi = want["interval"]
+        span = f"{lo} or more items" if hi is None else (f"{lo} to {hi} items" if lo != hi else f"{lo} item" + "s" * (lo != 1))
+        assert card.find_element(By.CSS_SELECTOR, ".interval").text == f"80 % interval: {span}"
+        assert card.find_element(By.CSS_SELECTOR, ".more-than-5").text == f"p(more than 5) = {100 * want['p_more_than_5']:.1f} %"
+
+        card.find_element(By.CSS_SELECTOR, ".expected input").send_keys(str(K + 4), Keys.TAB)
+        WebDriverWait(browser, 30).until(lambda d: card.find_elements(By.CSS_SELECTOR, ".explain li.verdict"))
+        tail_p = f"p(more than {K}) = {100 * want['p_expected']:.1f} %"
+        assert tail_p in card.find_element(By.CSS_SELECTOR, ".flags").text
+        verdict_line = card.find_element(By.CSS_SELECTOR, ".explain li.verdict").text
+        assert tail_p in verdict_line and f"the record says {K + 4}; this model counts up to {K}" in verdict_line
+        assert card.find_element(By.CSS_SELECTOR, ".badge.verdict").get_attribute("class").split()[-1] == want["verdict"]
+        browser.save_screenshot(str(screenshots / "page_all_counts.png"))
+
+        manifest = tmp_path / "bins.csv"
+        manifest.write_text(f"image,expected_quantity\nbin.jpg,{K + 4}\nbin.jpg,3\n")
+        shutil.copy(photo, tmp_path / "bin.jpg")
+        expected = predict_manifest(predictor, manifest)
+        browser.find_element(By.ID, "manifest-csv").send_keys(str(manifest))
+        browser.find_element(By.ID, "manifest-photos").send_keys(str(photo))
+        browser.find_element(By.ID, "manifest-run").click()
+        status = browser.find_element(By.ID, "manifest-status")
+        WebDriverWait(browser, 60).until(lambda d: status.get_attribute("data-state") == "done")
+        rows = browser.find_elements(By.CSS_SELECTOR, "#manifest-results tbody tr")
+        for tr, row in zip(rows, expected, strict=True):
+            cells = [td.text for td in tr.find_elements(By.TAG_NAME, "td")]
+            assert cells[3:9] == [row["verdict"], row["label"], f"{100 * row['confidence']:.1f} %",
+                                  f"{row['p_expected']:.3f}", row["checked_against"], interval_text(row["interval"])]
+        assert [r["checked_against"] for r in expected] == [f">{K}", "3"]
 
 
 def test_page_shows_a_file_named_like_html_as_text(browser, server, photo, tmp_path):

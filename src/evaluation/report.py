@@ -343,7 +343,9 @@ def write_predictions(pred: FolderPredictions, path: Path) -> Path:
     ``p_0``..``p_K`` (P(count = k), K = max_count) and, for a model with a tail, ``p_gtK`` (P(count > K));
     ``count`` is the true count from the folder name (a ``12/`` image of a tail model too; empty for
     ``6plus/``) and ``point_count`` the answer as a count (the tail: its first count, K + 1).
-    The older columns ``p0``.. and ``p_overflow`` hold the same numbers, kept for existing readers."""
+    The older columns ``p0``.. and ``p_overflow`` hold the same numbers, kept for existing readers.
+    Models that answer every count add ``interval_lo`` and ``interval_hi``: the interval served with
+    each answer (``interval_hi`` empty: "interval_lo or more", the tail)."""
     num_classes = pred.probs.shape[1]
     settings = pred.settings
     overflow = bool(settings.get("overflow"))
@@ -360,7 +362,8 @@ def write_predictions(pred: FolderPredictions, path: Path) -> Path:
         header = ["name", "true_count", "pred_count", "confidence", *p_cols, "true_label", "pred_label"]
         writer.writerow(header + (["review"] if review_t is not None else []) + ["p_true", "verdict_true", "count",
                                                                                  "point_count", *dist_cols]
-                        + (["novelty_score", "unlike_training"] if novelty is not None else []))
+                        + (["novelty_score", "unlike_training"] if novelty is not None else [])
+                        + (["interval_lo", "interval_hi"] if pred.intervals is not None else []))
         p_true = pred.probs.gather(1, pred.targets.long()[:, None])[:, 0]
         v_true = verdicts(p_true, pred.counts, pred.targets, settings)
         rows = zip(pred.names, pred.targets.tolist(), pred.counts.tolist(), pred.probs.tolist(), strict=True)
@@ -371,6 +374,9 @@ def write_predictions(pred: FolderPredictions, path: Path) -> Path:
             row += [str(p[c] < review_t or unlike[i]).lower()] if review_t is not None else []
             count = int(exact_count[i]) if exact[i] else ""
             extra = [f"{novelty[i]:.4f}", str(unlike[i]).lower()] if novelty is not None else []
+            if pred.intervals is not None:
+                lo, hi = pred.intervals[i]
+                extra += [lo, "" if hi is None else hi]
             writer.writerow(row + [f"{p[t]:.6f}", v_true[i], count, point[i], *probs, *extra])
     return path
 

@@ -29,6 +29,7 @@ class FolderPredictions:
     raw_probs: torch.Tensor | None = None  # (N, C) before the temperature: what counts are decided on
     novelty: torch.Tensor | None = None  # (N,) the "unlike training" score, for artifacts that have one
     unlike: torch.Tensor | None = None  # (N,) bool: the score is above the artifact's threshold
+    intervals: list[list[int | None]] | None = None  # all-count models: each image's served interval
 
 
 class _LabelledImages(Dataset):
@@ -128,4 +129,5 @@ def predict_folder(
         novelty=torch.cat(novelty) if novelty else None,
         unlike=torch.cat(novelty) > predictor.novelty.threshold if novelty else None,
         settings=predictor_settings(predictor),
+        intervals=predictor.intervals(logits_t) if predictor.all_counts else None,
     )

@@ -221,6 +221,16 @@ class CountPredictor:
             out.append(result)
         return out
 
+    def intervals(self, logits: torch.Tensor) -> list[list[int | None]]:
+        """Each image's served count interval ``[lo, hi]`` (``hi`` None: "lo or more", the tail): the span
+        of the split-conformal set when the artifact has one fitted, else the shortest run of counts
+        holding ``INTERVAL_MASS`` of the calibrated probability (what ``results`` gives)."""
+        if self.interval_threshold is not None:
+            spans = conformal_interval(self.raw_probabilities(logits), self.interval_threshold)
+        else:
+            spans = count_interval(self.calibrate(logits), INTERVAL_MASS)
+        return [[lo, None if self.labels.is_tail(hi) else hi] for lo, hi in spans.tolist()]
+
     def verdict(self, p_expected: float, answer: int, expected_class: int) -> str:
         """The artifact's thresholds on ``p_expected``; without them, whether the answer is the expected class."""
         if self.verdict_rule is not None:
@@ -241,9 +251,8 @@ class CountPredictor:
         logits, novelty = self.logits_and_novelty(batch)
         results = self.results(self.calibrate(logits), ids, expected, counts=self.decide_outputs(logits))
         if self.interval_threshold is not None:
-            spans = conformal_interval(self.raw_probabilities(logits), self.interval_threshold).tolist()
-            for result, (lo, hi) in zip(results, spans, strict=True):
-                result["interval"] = [lo, None if self.labels.is_tail(hi) else hi]
+            for result, span in zip(results, self.intervals(logits), strict=True):
+                result["interval"] = span
                 result["interval_coverage"] = self.interval_coverage  # promised, split conformal
         if novelty is not None:
             for result, score in zip(results, novelty.tolist(), strict=True):

@@ -24,11 +24,44 @@ function flagExplanation(result) {
     ", below this model's review threshold: a person should count this bin.";
 }
 
+// What an expected quantity was checked against: the count itself, or for a model that counts every
+// bin, the tail class when the quantity is at or above its first count ("checked_against": ">15").
+function expectedWords(result) {
+  const against = result.checked_against;
+  return against && against.startsWith(">") ? "p(more than " + against.slice(1) + ")" : "p(" + result.expected_quantity + ")";
+}
+
 function verdictExplanation(result) {
-  const p = "p(" + result.expected_quantity + ") = " + pct(result.p_expected);
+  let p = expectedWords(result) + " = " + pct(result.p_expected);
+  if (result.checked_against && result.checked_against.startsWith(">")) {
+    p += " (the record says " + result.expected_quantity + "; this model counts up to " + result.checked_against.slice(1) +
+      " one by one, so it checks 'more than " + result.checked_against.slice(1) + "')";
+  }
   if (result.verdict === "match") return VERDICT_WORDS.match + ": " + p + ", high enough to confirm the record.";
   if (result.verdict === "mismatch") return VERDICT_WORDS.mismatch + ": " + p + ", low enough to call the record wrong.";
   return VERDICT_WORDS.review + ": " + p + " is between the match and mismatch thresholds; look at the bin.";
+}
+
+const NOVEL_WORDS = "unlike training photos";
+
+function novelExplanation(result) {
+  return NOVEL_WORDS + ": this photo does not look like the photos the model was trained on (novelty score " +
+    result.novelty_score + "), so its count is not trusted: a person should count this bin.";
+}
+
+// The answer's count interval, as predict.py --manifest writes it: "2-4", "3", "16+" (the tail).
+function intervalText(interval) {
+  if (!interval) return "";
+  const [lo, hi] = interval;
+  if (hi === null) return lo + "+";
+  return lo === hi ? String(lo) : lo + "-" + hi;
+}
+
+function intervalWords(result) {
+  const [lo, hi] = result.interval;
+  const share = pct(result.interval_coverage === undefined ? 0.8 : result.interval_coverage).replace(".0 ", " ");
+  const span = hi === null ? lo + " or more items" : lo === hi ? lo + (lo === 1 ? " item" : " items") : lo + " to " + hi + " items";
+  return share + " interval: " + span + (result.interval_coverage === undefined ? "" : " (promised on photos like validation's)");
 }
 
 // Class labels: 0..max_count, plus ">max_count" last when the model has the overflow class.
@@ -64,9 +97,15 @@ function showResult(out, result, expected) {
   const count = el("div", "count", label);
   count.append(" ", el("small", null, countWords(result)));
   out.append(count, el("div", "confidence", "confidence " + pct(result.confidence)));
+  // Models that count every bin: the interval and P(count > 5) with every answer.
+  if (Array.isArray(result.interval)) out.append(el("div", "interval", intervalWords(result)));
+  if (result.p_more_than_5 !== undefined) out.append(el("div", "more-than-5", "p(more than 5) = " + pct(result.p_more_than_5)));
   const flags = el("div", "flags");
   const explain = el("ul", "explain");
-  if (result.review === true) {
+  if (result.unlike_training === true) {  // sent to review whatever the confidence
+    flags.append(el("span", "badge novel", NOVEL_WORDS));
+    explain.append(el("li", "novel", novelExplanation(result)));
+  } else if (result.review === true) {
     flags.append(el("span", "badge flag", FLAG_WORDS));
     explain.append(el("li", "flag", flagExplanation(result)));
   }
@@ -75,7 +114,7 @@ function showResult(out, result, expected) {
     explain.append(el("li", "verdict", verdictExplanation(result)));
   }
   if (result.p_expected !== undefined) {
-    flags.append("p(" + result.expected_quantity + ") = " + pct(result.p_expected));
+    flags.append(expectedWords(result) + " = " + pct(result.p_expected));
   } else if (expected !== "" && /^\d+$/.test(expected) && Number(expected) < names.length) {
     flags.append("p(" + expected + ") = " + pct(result.probabilities[Number(expected)]));
   }
@@ -302,10 +341,12 @@ async function runManifest() {
       manifestCell(tr, result.label !== undefined ? result.label : result.count);
       manifestCell(tr, pct(result.confidence));
       manifestCell(tr, result.p_expected === undefined ? "" : result.p_expected.toFixed(3));
+      manifestCell(tr, result.checked_against);
+      manifestCell(tr, intervalText(result.interval));
       manifestCell(tr, "");
       tr.dataset.verdict = result.verdict;
     } else {
-      for (let k = 0; k < 4; k += 1) manifestCell(tr, "");
+      for (let k = 0; k < 6; k += 1) manifestCell(tr, "");
       manifestCell(tr, error, "error");
       tr.dataset.verdict = "error";
     }
