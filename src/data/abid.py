@@ -30,8 +30,13 @@ def image_key(name: str) -> str:
     return f"{IMAGE_DIR}/{name}.jpg"
 
 
+def metadata_file(name: str) -> str:
+    """The metadata file's name inside ``metadata/``."""
+    return f"{name}.json"
+
+
 def metadata_key(name: str) -> str:
-    return f"{METADATA_DIR}/{name}.json"
+    return f"{METADATA_DIR}/{metadata_file(name)}"
 
 
 def check_name(name: str) -> None:
@@ -73,12 +78,17 @@ def parse_id_list(text: str, fmt: str = "auto") -> tuple[list[str], list[tuple[s
     return list(names), bad
 
 
+def parse_metadata(data: bytes):
+    """One metadata JSON document, decoded (any JSON value: callers check its shape)."""
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise BadItem("metadata not JSON", str(err)) from None
+
+
 def parse_count(data: bytes) -> int:
     """``EXPECTED_QUANTITY`` of one metadata JSON document."""
-    try:
-        meta = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BadItem("metadata not JSON", str(err)) from None
+    meta = parse_metadata(data)
     if not isinstance(meta, dict) or "EXPECTED_QUANTITY" not in meta:
         raise BadItem("no EXPECTED_QUANTITY", f"top-level {type(meta).__name__} without the key")
     value = meta["EXPECTED_QUANTITY"]

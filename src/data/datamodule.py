@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, WeightedRandomSampler,
 
 from src.data.images import CountFolder, tail_count_folders
 from src.data.labels import LabelSpace
+from src.data.metadata_targets import AUX_TARGETS, MetadataTargets, check_metadata_dir
 from src.data.transforms import Preprocessing, build_transform
 
 log = logging.getLogger(__name__)
@@ -25,12 +26,16 @@ PREPARE_HINT = (
 
 
 def check_data_folder(data_dir: str | Path, splits: tuple[str, ...], generator: dict | None = None,
-                      prepare: dict | None = None, labels: LabelSpace | None = None) -> None:
+                      prepare: dict | None = None, labels: LabelSpace | None = None,
+                      metadata_dir: str | Path | None = None) -> None:
     """Fail fast, before anything costly (a weights download), when ``data_dir`` lacks a split the
     run needs and nothing (``generator``, ``prepare``) would create it, or when its class folders
     contradict the label space: a tail class needs images, from a ``6plus/`` folder or numeric
     count folders above max_count (``prepare_data.py max_count=null``), or from a generator that
-    draws more than max_count items (``data.generator.max_items``); else it would learn nothing."""
+    draws more than max_count items (``data.generator.max_items``); else it would learn nothing.
+    A ``metadata_dir`` (auxiliary targets) must be a folder."""
+    if metadata_dir is not None:
+        check_metadata_dir(metadata_dir)
     if labels is not None and labels.tail and generator:
         if int(generator.get("max_items") or 5) <= labels.max_count:
             raise ValueError(
@@ -87,6 +92,8 @@ class BinDataModule(pl.LightningDataModule):
     ``prepare_data.py max_count=null`` writes them); ``num_classes`` then counts it (7 for 0..5 plus 6plus).
     ``prepare`` (settings of ``src.data.prepare.prepare`` minus ``output``) prepares raw ABID into
     ``data_dir`` first when it holds no finished preparation (no ``manifest.json``).
+    ``metadata_dir`` (ABID's ``metadata/``): training batches end with one more item, the image's
+    standardised auxiliary targets (``aux_targets`` names them; ``src.data.metadata_targets``).
     """
 
     def __init__(
@@ -109,6 +116,7 @@ class BinDataModule(pl.LightningDataModule):
         prepare: dict | None = None,
         overflow: bool = False,
         max_count: int | None = None,
+        metadata_dir: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -122,6 +130,8 @@ class BinDataModule(pl.LightningDataModule):
         self.generator = generator
         self.prepare = prepare
         self.datasets: dict[str, Dataset] = {}
+        self.metadata_dir = check_metadata_dir(metadata_dir) if metadata_dir is not None else None
+        self.aux_targets: tuple[str, ...] = AUX_TARGETS if metadata_dir is not None else ()
 
     # -- set-up ---------------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -154,8 +164,11 @@ class BinDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and "train" not in self.datasets:
             train = self._split("train", train=True)
-            if self.hparams.subset < 1.0:
-                keep = stratified_subset(train.targets, self.hparams.subset, self.hparams.seed)
+            hp = self.hparams
+            keep = stratified_subset(train.targets, hp.subset, hp.seed) if hp.subset < 1.0 else None
+            if self.metadata_dir is not None:  # standardised on the training images used
+                train = MetadataTargets(train, self.metadata_dir, fit_on=keep)
+            if keep is not None:
                 self.train_targets = [train.targets[i] for i in keep]
                 train = Subset(train, keep)
             else:

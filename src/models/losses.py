@@ -29,6 +29,13 @@ def class_weights(counts: torch.Tensor, scheme: str = "none") -> torch.Tensor | 
     return (weights / weights[present].mean()).float()
 
 
+def masked_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the finite entries of ``target`` (NaN: unknown); 0 when none is."""
+    known = target.isfinite()
+    squared = (pred.float() - target.nan_to_num()).square() * known
+    return squared.sum() / known.sum().clamp_min(1)
+
+
 class CountLoss(nn.Module):
     """The head's own loss (softmax: cross-entropy; optionally class-weighted, label-smoothed) plus
     an optional term that knows counts are ordered: ``distance_weight`` * squared distance between

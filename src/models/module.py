@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -13,7 +13,7 @@ from torchmetrics import MaxMetric, MeanMetric
 
 from src.models.backbones import CountNet
 from src.models.counting import predict_counts
-from src.models.losses import CountLoss
+from src.models.losses import CountLoss, masked_mse
 from src.models.metrics import CountMetrics
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,10 @@ class BinCounter(pl.LightningModule):
     ``optimizer`` and ``scheduler`` arrive as partials (Hydra ``_partial_: true``) and are completed
     here with the trainable parameters. The loss's class weights come from the datamodule's
     training-split class counts at fit time and are saved with the checkpoint.
+
+    ``add_aux_head`` (data.metadata_dir): a linear head on the features the count head reads also
+    predicts the batch's auxiliary targets, adding ``aux_weight`` * their masked MSE to the loss.
+    It lives here, not in the net, so the exported CountNet is the same with it or without.
     """
 
     def __init__(
@@ -40,8 +44,11 @@ class BinCounter(pl.LightningModule):
         decision_rule: str = "argmax",
         channels_last: bool = False,
         compile: bool = False,
+        aux_weight: float = 0.1,
     ):
         super().__init__()
+        if aux_weight < 0:
+            raise ValueError(f"model.aux_weight must be >= 0, got {aux_weight}")
         # Checkpoints hold plain values only, so they load with torch.load(weights_only=True).
         self.save_hyperparameters(logger=False, ignore=["net", "criterion", "optimizer", "scheduler"])
         self.optimizer_factory = optimizer
@@ -54,6 +61,13 @@ class BinCounter(pl.LightningModule):
         self.val_acc_best = MaxMetric(sync_on_compute=False)  # fed already-synced values
         self.test_outputs: dict[str, float] = {}
         self.count_cuts: list[float] | None = None  # the exported model's, once fitted (ArtifactExport)
+        self.aux_head: nn.Linear | None = None
+
+    def add_aux_head(self, names: Sequence[str]) -> None:
+        """Learn the datamodule's auxiliary targets ``names`` too (before fit: callbacks such as the
+        EMA copy the module in their setup)."""
+        self.aux_head = nn.Linear(self.net.pool.out_features, len(names))
+        self.aux_loss = MeanMetric()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -63,6 +77,10 @@ class BinCounter(pl.LightningModule):
         checkpoint["net_spec"] = self.net.spec
 
     def setup(self, stage: str) -> None:
+        aux = getattr(getattr(self.trainer, "datamodule", None), "aux_targets", ())
+        if stage == "fit" and aux and self.aux_head is None:
+            raise RuntimeError("The datamodule's training batches carry metadata targets (data.metadata_dir): call "
+                               "model.add_aux_head(datamodule.aux_targets) before fitting, as train() does")
         if stage == "fit" and self.criterion.weighting != "none":
             datamodule = getattr(self.trainer, "datamodule", None)
             if datamodule is None or not hasattr(datamodule, "class_counts"):
@@ -84,14 +102,23 @@ class BinCounter(pl.LightningModule):
         self.net.train()
 
     def _step(self, batch: tuple[torch.Tensor, ...], stage: str) -> torch.Tensor:
-        x, y, *teacher = batch  # a third item: teacher probabilities (data=distill's training batches)
+        aux = batch[-1] if stage == "train" and self.aux_head is not None else None  # the last item, when on
+        x, y, *teacher = batch if aux is None else batch[:-1]  # a third item: data=distill's teacher probabilities
+        features = None
         if x.ndim == 2:  # cached backbone features (data=features): only the head runs
-            logits = self.net.head(x)
+            features = x
         else:
             if self.hparams.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            logits = self(x)
+            if aux is not None:  # the aux head reads the count head's features
+                features = self.net.features(x)
+        logits = self(x) if features is None else self.net.head(features)
         loss = self.criterion(logits, y, teacher[0] if teacher else None)
+        count_loss = loss.detach()  # {stage}/loss stays the count loss, comparable with runs without aux
+        if aux is not None:
+            aux_loss = masked_mse(self.aux_head(features), aux)
+            loss = loss + self.hparams.aux_weight * aux_loss
+            self.aux_loss.update(aux_loss.detach(), weight=aux.isfinite().sum())
         if not torch.isfinite(loss):
             lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else None
             raise FloatingPointError(
@@ -101,7 +128,7 @@ class BinCounter(pl.LightningModule):
             )
         probs = self.net.probabilities(logits.detach())
         preds = predict_counts(probs, self.hparams.decision_rule, self.net.labels.tail, cuts=self.count_cuts)
-        self.losses[f"{stage}_loss"].update(loss.detach(), weight=len(y))
+        self.losses[f"{stage}_loss"].update(count_loss, weight=len(y))
         self.metrics[f"{stage}_metrics"].update(preds, y)
         return loss
 
@@ -130,6 +157,9 @@ class BinCounter(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch_metrics("train")
+        if self.aux_head is not None:  # the mean over known entries (standardised targets: 1 = predicting the mean)
+            self.log("train/aux_loss", self.aux_loss.compute(), sync_dist=False)
+            self.aux_loss.reset()
 
     def on_validation_epoch_end(self) -> None:
         values = self._log_epoch_metrics("val")

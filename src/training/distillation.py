@@ -150,7 +150,7 @@ class TeacherTargets(Dataset):
         self.dataset = dataset
         self.probs = probs
         self.hflip = hflip
-        self.targets = dataset.targets  # BinDataModule's subset and sampler read these
+        self.samples, self.targets = dataset.samples, dataset.targets  # what BinDataModule reads
 
     def __len__(self) -> int:
         return len(self.dataset)

@@ -270,6 +270,10 @@ class FeatureDataModule(BinDataModule):
 
     def __init__(self, *args, feature_cache_dir: str | None = None, cache_batch_size: int = 64, **kwargs):
         super().__init__(*args, **kwargs)
+        if self.metadata_dir is not None:
+            raise ValueError("data.metadata_dir with data=features: the backbone is frozen, so auxiliary targets cannot "
+                             "shape the features the count head reads; train on images (data=abid) or set "
+                             "data.metadata_dir=null")
         self.feature_cache_dir = feature_cache_dir
         self.cache_batch_size = cache_batch_size
         self.cache: FeatureCache | None = None

@@ -29,11 +29,14 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     needed = (("train", "val") if cfg.get("train", True) else ()) + (("test",) if cfg.get("test", True) else ())
     # Before anything costly (a weights download): the label space agrees with itself and the data.
     labels = LabelSpace.resolve(cfg.data.get("max_count"), cfg.data.get("overflow", False), cfg.data.get("num_classes"))
-    check_data_folder(cfg.data.data_dir, needed, cfg.data.get("generator"), cfg.data.get("prepare"), labels)
+    check_data_folder(cfg.data.data_dir, needed, cfg.data.get("generator"), cfg.data.get("prepare"), labels,
+                      cfg.data.get("metadata_dir"))
     model: pl.LightningModule = instantiate(cfg.model)
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
     if hasattr(datamodule, "use_preprocessing"):  # the model says how its images are resized and normalised
         datamodule.use_preprocessing(model.net.preprocessing)
+    if getattr(datamodule, "aux_targets", ()):  # data.metadata_dir: the model learns those targets too
+        model.add_aux_head(datamodule.aux_targets)
     if hasattr(datamodule, "attach"):  # data=features: the datamodule runs the model's frozen backbone
         datamodule.attach(model.net, name=model.net.backbone_spec.model)  # names the cache files
     callbacks = instantiate_group(cfg.get("callbacks"))
