@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import allcount_results  # noqa: E402
+from benchmarks.serving_speed import arch_key, serving_speed  # noqa: E402
 from src.data.images import CountFolder  # noqa: E402
 from src.data.transforms import eval_transform  # noqa: E402
 from src.inference.checkpoint import load_checkpoint  # noqa: E402
@@ -84,6 +85,10 @@ ROWS: dict[str, tuple[str, list[str]]] = {
                  [*FAST, "model.net.pooling=countmap"]),
     "countmap_bf16": ("this recipe, channels_last, count-map pooling, bf16 autocast (AVX-512 BF16)",
                       [*FAST, "model.net.pooling=countmap", "trainer.precision=bf16-mixed"]),
+    "countmap_meta": ("this recipe, channels_last, count-map pooling + metadata auxiliary targets (distinct products, "
+                      "volume, weight; weight 0.1)",
+                      [*FAST, "model.net.pooling=countmap", "data.metadata_dir=${paths.abid_sample}/metadata",
+                       "model.aux_weight=0.1"]),
     "distill": ("this recipe distilled from the main recipe's three seeds (soft targets on training images and "
                 "mirrors, weight 0.5, T 2; teachers' time not counted)", ["experiment=abid_sample_distill"]),
     "distill_countmap": ("count-map pooling, channels_last, distilled from the count-map row's three seeds "
@@ -238,6 +243,35 @@ def same_numbers(a: dict, b: dict) -> bool:
     return all(abs(a[m] - b[m]) < 1e-9 for m in ("acc", "rmse"))
 
 
+def row_setup(key: str) -> dict:
+    """What a row trains: epochs, input size, backbone and pooling (its composed train.py config)."""
+    from src.utils.config import compose_config
+
+    cfg = compose_config("train", ROWS[key][1])
+    net = cfg.model.net
+    return {"epochs": int(cfg.trainer.max_epochs), "arch": arch_key(net.name, net.get("pooling") or "avg",
+                                                                    int(cfg.data.image_size))}
+
+
+def serving(rows: dict, earlier: dict | None) -> dict:
+    """Serving images/s of every architecture the rows train (``benchmarks/serving_speed.py``); an earlier
+    measurement is kept when it was taken on this kind of CPU."""
+    from benchmarks.bench_int8 import cpu_flags
+    from benchmarks.run import hardware
+
+    here = {**hardware(), "cpu_flags": cpu_flags()}
+    same_cpu = earlier and earlier.get("hardware", {}).get("cpu") == here["cpu"]
+    archs = dict(earlier["archs"]) if same_cpu else {}
+    for row in rows.values():
+        key = row.get("arch")
+        if key and key not in archs:
+            net, pooling, size = key.split(", ")
+            print(f"serving speed: {key}", flush=True)
+            archs[key] = serving_speed(net, pooling.split()[0], int(size.split()[0]))
+    return {"hardware": here if not same_cpu else earlier["hardware"], "archs": archs,
+            "what": "ONNX Runtime, batch 32, 2 threads, random weights; int8: QDQ static per-channel, minmax"}
+
+
 def finish_row(row: dict) -> dict:
     runs = row["seeds"]
     row["metrics"] = runs[min(runs)]["metrics"]  # the first seed's numbers
@@ -277,6 +311,14 @@ def collect(seeds: list[int], recorded: Path = RECORDED) -> dict:
         if moved or old.get("other_machine"):
             row["other_machine"] = {**old.get("other_machine", {}), **{str(s): m for s, m in moved.items()}}
         results["rows"][key] = finish_row(row)
+        setup = row_setup(key)
+        row["arch"] = setup["arch"]
+        walls = [r["wall_s"] for r in runs.values() if r.get("wall_s")]
+        if walls:  # effective: every training image once per epoch over the whole run (validation included)
+            row["train_images_per_s"] = round(sum(results["train_counts"]) * setup["epochs"] / statistics.fmean(walls), 1)
+        vals = [r["val_acc_best"] for r in runs.values() if r.get("val_acc_best") is not None]
+        if vals:
+            row["val_acc"] = summarise(vals)
         if key in CUT_ROWS and all(r.get("best_ckpt") and not r.get("recorded_earlier") for r in runs.values()):
             cut_runs = {s: {**with_cuts(run_dir(key, s), Path(r["best_ckpt"])), "wall_s": r.get("wall_s")}
                         for s, r in runs.items()}
@@ -300,6 +342,7 @@ def collect(seeds: list[int], recorded: Path = RECORDED) -> dict:
     for key in ("noema_free_ablations", "noema_ensemble"):  # the previous recipe's, recorded earlier
         if key in earlier:
             results[key] = earlier[key]
+    results["serving"] = serving(results["rows"], earlier.get("serving"))
     allcount = allcount_results.collect(seeds, earlier.get("allcount"), RUNS)  # issue 26: one model, every count
     if allcount:
         results["allcount"] = allcount
@@ -339,13 +382,35 @@ def class_table(results: dict, keys: tuple[str, ...]) -> list[str]:
     return lines
 
 
+def val_cell(row: dict) -> str:
+    v = row.get("val_acc")
+    if not v:
+        return "-"
+    return f"{100 * v['mean']:.1f} %" + (f" ± {100 * v['std']:.1f}" if v.get("std") else "")
+
+
+def speed_cells(row: dict, archs: dict) -> str:
+    """train images/s | serving images/s, ONNX fp32 / int8."""
+    train = row.get("train_images_per_s", "-")
+    serve = archs.get(row.get("arch"))
+    return f"{train} | " + (f"{serve['onnx_fp32']:.0f} / {serve['onnx_int8']:.0f}" if serve else "-")
+
+
 def markdown(results: dict) -> str:
-    lines = ["| row | seeds | test acc | test RMSE | minutes per run | command |", "|---|---|---|---|---|---|"]
+    archs = (results.get("serving") or {}).get("archs", {})
+    lines = ["| row | seeds | test acc | test RMSE | val acc | minutes per run | train img/s | serve img/s fp32 / int8 "
+             "| command |", "|---|---|---|---|---|---|---|---|---|"]
     for row in results["rows"].values():
         cmd = f"`{row['command']}`" if "command" in row else "`python benchmarks/abid_results.py`"
-        lines.append(f"| {row['label']} | {seeds_cell(row)} | {fmt_row(row)} | {row.get('minutes', '-')} | {cmd} |")
+        lines.append(f"| {row['label']} | {seeds_cell(row)} | {fmt_row(row)} | {val_cell(row)} | {row.get('minutes', '-')} "
+                     f"| {speed_cells(row, archs)} | {cmd} |")
+    hw = (results.get("serving") or {}).get("hardware", {})
     lines += ["", "Several seeds: mean ± sd. \\* recorded earlier on another machine of the same kind "
-              "(benchmarks/results/abid_results.json); minutes: wall time of train.py on 2 CPU cores."]
+              "(benchmarks/results/abid_results.json); minutes: wall time of train.py on 2 CPU cores. val acc: "
+              "the best epoch's validation accuracy (what checkpoints and recipes are chosen by). train img/s: "
+              "training images x epochs / wall time (validation and start-up included). serve img/s: the row's "
+              "architecture in ONNX Runtime, batch 32, fp32 and int8 (`benchmarks/serving_speed.py`"
+              + (f"; {hw.get('cpu')}, {', '.join(hw.get('cpu_flags') or [])}" if hw else "") + ")."]
     for key, row in results["rows"].items():
         for seed, m in row.get("other_machine", {}).items():
             here = row["seeds"].get(int(seed)) or row["seeds"].get(seed)

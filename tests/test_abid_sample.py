@@ -226,17 +226,24 @@ def test_a_fresh_machine_keeps_recorded_seeds_marked_and_never_calls_them_here(t
     monkeypatch.setattr(ab, "RUNS", tmp_path / "runs")
     monkeypatch.setattr(ab, "split_counts", lambda split: [10] * ab.K)
     monkeypatch.setattr(ab, "constant_rows", lambda: {})
+    measured = []
+    monkeypatch.setattr(ab, "serving_speed", lambda *arch: measured.append(arch) or {"onnx_fp32": 300.4, "onnx_int8": 590.6})
     per_class = {f"{m}_class_{k}": 0.5 for m in ("acc", "rmse") for k in range(ab.K)}
     recorded = tmp_path / "recorded.json"
     recorded.write_text(json.dumps({"rows": {"main": {
-        "seeds": {"42": {"metrics": {"acc": 0.396, "rmse": 1.0, **per_class}, "wall_s": 1800}},
+        "seeds": {"42": {"metrics": {"acc": 0.396, "rmse": 1.0, **per_class}, "wall_s": 1800, "val_acc_best": 0.41}},
         "other_machine": {"42": {"acc": 0.434, "rmse": 1.021}}}}}))
 
     results = ab.collect([42], recorded)
 
     assert results["rows"]["main"]["seeds"][42]["recorded_earlier"] is True
     text = ab.markdown(results)
-    assert "| 42* | 39.6 % | 1.000 | 30.0 |" in text
+    # val acc, minutes, train images/s (60 images x 12 epochs / 1800 s), serving images/s of its architecture
+    assert "| 42* | 39.6 % | 1.000 | 41.0 % | 30.0 | 0.4 | 300 / 591 |" in text
+    assert measured == [("torchvision/mobilenet_v2", "avg", 160)]
+    # Measured once per CPU: a second collect on this machine reuses the measurement.
+    recorded.write_text(json.dumps({**json.loads(recorded.read_text()), "serving": results["serving"]}))
+    assert ab.collect([42], recorded)["serving"]["archs"] == results["serving"]["archs"] and len(measured) == 1
     assert "main, seed 42: 39.6 % | 1.000 in the table (\\*), 43.4 % | 1.021 on the machine of an earlier record" in text
     assert " here, " not in text
 
@@ -266,6 +273,7 @@ def test_every_count_section_reads_each_seeds_evaluation_and_the_frontier_plots_
     monkeypatch.setattr(ab, "RUNS", tmp_path / "runs")
     monkeypatch.setattr(ab, "split_counts", lambda split: [10] * ab.K)
     monkeypatch.setattr(ab, "constant_rows", lambda: {})
+    monkeypatch.setattr(ab, "serving_speed", lambda *arch: {"onnx_fp32": 300.0, "onnx_int8": 590.0})
     per_class = {f"{m}_class_{k}": 0.5 for m in ("acc", "rmse") for k in range(ab.K)}
     recorded = tmp_path / "recorded.json"
     recorded.write_text(json.dumps({"rows": {"main": {"seeds": {
