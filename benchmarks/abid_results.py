@@ -89,6 +89,10 @@ ROWS: dict[str, tuple[str, list[str]]] = {
                       "volume, weight; weight 0.1)",
                       [*FAST, "model.net.pooling=countmap", "data.metadata_dir=${paths.abid_sample}/metadata",
                        "model.aux_weight=0.1"]),
+    "countmap_synth": ("this recipe, channels_last, count-map pooling, started from a network pretrained on 3,000 "
+                       "synthetic bins (experiment=synthetic_pretrain, 3 epochs; its time not counted)",
+                       [*FAST, "model.net.pooling=countmap",
+                        "init_from=${paths.log_dir}/train/runs/synthetic_pretrain_s42/model"]),
     "distill": ("this recipe distilled from the main recipe's three seeds (soft targets on training images and "
                 "mirrors, weight 0.5, T 2; teachers' time not counted)", ["experiment=abid_sample_distill"]),
     "distill_countmap": ("count-map pooling, channels_last, distilled from the count-map row's three seeds "
@@ -97,6 +101,12 @@ ROWS: dict[str, tuple[str, list[str]]] = {
                           "data.teachers=[${paths.log_dir}/train/runs/abid_countmap_s42/model,"
                           "${paths.log_dir}/train/runs/abid_countmap_s43/model,"
                           "${paths.log_dir}/train/runs/abid_countmap_s44/model]"]),
+}
+
+
+# Rows that start from another run: that run (trained once, before the row's first seed), and its command.
+STAGES: dict[str, tuple[str, list[str]]] = {
+    "countmap_synth": ("synthetic_pretrain_s42", ["experiment=synthetic_pretrain", "seed=42"]),
 }
 
 
@@ -113,8 +123,15 @@ def train_row(key: str, seed: int) -> float:
     out = run_dir(key, seed)
     if (out / "metrics.json").is_file():
         return 0.0
+    if key in STAGES and not (RUNS / STAGES[key][0] / "metrics.json").is_file():
+        timed_train(STAGES[key][1], RUNS / STAGES[key][0])
+    return timed_train([*ROWS[key][1], f"seed={seed}"], out)
+
+
+def timed_train(overrides: list[str], out: Path) -> float:
+    """``train.py`` with ``overrides`` into ``out``; its wall seconds go to ``out/wall_seconds.txt``."""
     start = time.perf_counter()
-    args = [*ROWS[key][1], f"seed={seed}", f"hydra.run.dir={out}", "callbacks.progress_bar=null"]
+    args = [*overrides, f"hydra.run.dir={out}", "callbacks.progress_bar=null"]
     subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, check=True)
     seconds = time.perf_counter() - start
     (out / "wall_seconds.txt").write_text(f"{seconds:.0f}\n")

@@ -13,6 +13,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from src.data.datamodule import check_data_folder
 from src.data.labels import LabelSpace
+from src.training.init_weights import init_from
 from src.training.provenance import record_test_metrics
 from src.utils.config import instantiate_group, log_config_tree, parameter_counts, write_metrics
 
@@ -32,6 +33,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     check_data_folder(cfg.data.data_dir, needed, cfg.data.get("generator"), cfg.data.get("prepare"), labels,
                       cfg.data.get("metadata_dir"))
     model: pl.LightningModule = instantiate(cfg.model)
+    if cfg.get("init_from"):  # e.g. a count head pretrained on synthetic bins (experiment=synthetic_pretrain)
+        init_from(model.net, cfg.init_from)
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
     if hasattr(datamodule, "use_preprocessing"):  # the model says how its images are resized and normalised
         datamodule.use_preprocessing(model.net.preprocessing)
