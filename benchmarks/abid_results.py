@@ -101,6 +101,13 @@ ROWS: dict[str, tuple[str, list[str]]] = {
                           "data.teachers=[${paths.log_dir}/train/runs/abid_countmap_s42/model,"
                           "${paths.log_dir}/train/runs/abid_countmap_s43/model,"
                           "${paths.log_dir}/train/runs/abid_countmap_s44/model]"]),
+    "distill_countmap_meta": ("count-map pooling, channels_last, metadata auxiliary targets, distilled from the "
+                              "countmap_meta row's three seeds (weight 0.5, T 2; teachers' time not counted)",
+                              ["experiment=abid_sample_distill", "model.channels_last=true", "model.net.pooling=countmap",
+                               "data.metadata_dir=${paths.abid_sample}/metadata", "model.aux_weight=0.1",
+                               "data.teachers=[${paths.log_dir}/train/runs/abid_countmap_meta_s42/model,"
+                               "${paths.log_dir}/train/runs/abid_countmap_meta_s43/model,"
+                               "${paths.log_dir}/train/runs/abid_countmap_meta_s44/model]"]),
 }
 
 
@@ -266,8 +273,8 @@ def row_setup(key: str) -> dict:
 
     cfg = compose_config("train", ROWS[key][1])
     net = cfg.model.net
-    return {"epochs": int(cfg.trainer.max_epochs), "arch": arch_key(net.name, net.get("pooling") or "avg",
-                                                                    int(cfg.data.image_size))}
+    return {"epochs": int(cfg.trainer.max_epochs), "subset": float(cfg.data.get("subset") or 1.0),
+            "arch": arch_key(net.name, net.get("pooling") or "avg", int(cfg.data.image_size))}
 
 
 def serving(rows: dict, earlier: dict | None) -> dict:
@@ -332,7 +339,8 @@ def collect(seeds: list[int], recorded: Path = RECORDED) -> dict:
         row["arch"] = setup["arch"]
         walls = [r["wall_s"] for r in runs.values() if r.get("wall_s")]
         if walls:  # effective: every training image once per epoch over the whole run (validation included)
-            row["train_images_per_s"] = round(sum(results["train_counts"]) * setup["epochs"] / statistics.fmean(walls), 1)
+            images = sum(results["train_counts"]) * setup["subset"] * setup["epochs"]
+            row["train_images_per_s"] = round(images / statistics.fmean(walls), 1)
         vals = [r["val_acc_best"] for r in runs.values() if r.get("val_acc_best") is not None]
         if vals:
             row["val_acc"] = summarise(vals)
@@ -403,7 +411,7 @@ def val_cell(row: dict) -> str:
     v = row.get("val_acc")
     if not v:
         return "-"
-    return f"{100 * v['mean']:.1f} %" + (f" ± {100 * v['std']:.1f}" if v.get("std") else "")
+    return f"{100 * v['mean']:.1f}" + (f" ± {100 * v['std']:.1f}" if v.get("std") else "") + " %"
 
 
 def speed_cells(row: dict, archs: dict) -> str:
@@ -451,7 +459,8 @@ def markdown(results: dict) -> str:
                 lines.append(f"| {name} | {fmt(m)} |")
     lines += allcount_results.markdown(results.get("allcount"), results["rows"].get("main"))
     lines += ["", "Per count, test split (mean over the row's seeds):", ""]
-    lines += class_table(results, ("noema", "main", "main_cuts", "ls", "countmap", "distill", "distill_countmap"))
+    lines += class_table(results, ("noema", "main", "main_cuts", "ls", "countmap", "countmap_meta", "distill",
+                                   "distill_countmap", "distill_countmap_meta"))
     return "\n".join(lines) + "\n"
 
 

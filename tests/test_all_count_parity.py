@@ -253,5 +253,6 @@ def test_onnx_int8_and_the_vendored_code_answer_alike(setup, monkeypatch):
     assert int8_model.backend == "onnx-int8"
     int8 = handler_answers(int8_model, images, names)
     assert_same(evaluated(setup, "onnx-int8"), int8, 1e-4)
-    agree = np.mean([int8[n]["label"] == batch[n]["label"] for n in names])
-    assert agree >= 0.5, agree  # int8 is close to fp32 (its accuracy gate is export.py's job, tests/test_int8.py)
+    # The same model in int8: its distributions stay near fp32's (0.06 at most here; the accuracy gate is
+    # export.py's job, tests/test_int8.py). These flat distributions make its labels a poor measure of that.
+    assert max(np.abs(int8[n]["probabilities"] - batch[n]["probabilities"]).max() for n in names) <= 0.25

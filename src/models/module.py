@@ -77,7 +77,7 @@ class BinCounter(pl.LightningModule):
         checkpoint["net_spec"] = self.net.spec
 
     def setup(self, stage: str) -> None:
-        aux = getattr(getattr(self.trainer, "datamodule", None), "aux_targets", ())
+        aux = getattr(getattr(self._trainer, "datamodule", None), "aux_targets", ())  # no trainer: setup called alone
         if stage == "fit" and aux and self.aux_head is None:
             raise RuntimeError("The datamodule's training batches carry metadata targets (data.metadata_dir): call "
                                "model.add_aux_head(datamodule.aux_targets) before fitting, as train() does")
