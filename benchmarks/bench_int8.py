@@ -1,6 +1,6 @@
 """``inference_int8_b32``: ONNX Runtime fp32 vs the statically quantized int8 model, batch 32.
 
-Speed: ResNet50 at 224 px (random weights: speed does not depend on them), fp32 ONNX Runtime and
+Speed (``benchmarks/serving_speed.py``): ResNet50 at 224 px (random weights: speed does not depend on them), fp32 ONNX Runtime and
 its int8 copy interleaved, best round each. Accuracy: a ResNet18 at 64 px trained here for a few
 epochs on the synthetic train split, quantized with ``src.inference.quantize`` (calibrated on its
 training images) and scored fp32 vs int8 on the same synthetic test split; one row per calibration
@@ -16,10 +16,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
+from benchmarks.serving_speed import serving_speed
 from src.inference.backends import OnnxRunner, export_onnx
 from src.inference.quantize import accuracy, folder_batches, quantize_int8
 from src.models.backbones import CountNet
@@ -66,21 +66,12 @@ def train_small(data: Path, epochs: int, image_size: int = 64, seed: int = 0) ->
     return net.eval()
 
 
-def bench_int8(args, results: dict, tmp: Path, best_of, entry) -> None:
+def bench_int8(args, results: dict, tmp: Path, entry) -> None:
     from src.data.synthetic import make_imagefolder
 
     # -- speed (ResNet50) ------------------------------------------------------------------------
     size, batch = args.int8_image_size, args.batch
-    torch.manual_seed(0)
-    fp32 = export_onnx(CountNet(args.int8_model, None, num_classes=6), tmp / "speed.onnx", size)
-    rng = np.random.default_rng(0)
-    calib = [rng.standard_normal((8, 3, size, size), dtype=np.float32) for _ in range(2)]
-    t = time.perf_counter()
-    int8 = quantize_int8(fp32, tmp / "speed_int8.onnx", lambda: iter(calib))
-    quantize_s = time.perf_counter() - t
-    runners = {"plain": OnnxRunner(fp32), "ours": OnnxRunner(int8)}
-    x = rng.standard_normal((batch, 3, size, size), dtype=np.float32)
-    seconds = best_of({k: (lambda r=r: r.run(x)) for k, r in runners.items()}, args.rounds)
+    speed = serving_speed(args.int8_model, "avg", size, rounds=args.rounds, batch=batch)
 
     # -- accuracy, ResNet18 trained on the synthetic split ----------------------------------------
     if args.int8_model_dir:
@@ -110,9 +101,9 @@ def bench_int8(args, results: dict, tmp: Path, best_of, entry) -> None:
                            "calibration_s": round(calib_s, 1)}
     default = next(iter(methods))
     results["inference_int8_b32"] = entry(
-        batch / seconds["plain"], batch / seconds["ours"], "images/s", model=f"{args.int8_model} @ {size}px, batch {batch}",
+        speed["onnx_fp32"], speed["onnx_int8"], "images/s", model=f"{args.int8_model} @ {size}px, batch {batch}",
         method=f"onnxruntime QDQ static int8, per-channel weights, {default} calibration",
-        cpu_flags=cpu_flags(), quantize_s=round(quantize_s, 1),
+        cpu_flags=cpu_flags(), quantize_s=speed["quantize_s"],
         accuracy={"model": trained, "test_images": n, "calibration_images": args.int8_calib,
                   "acc_fp32": round(acc_fp32, 2), "acc_int8": methods[default]["acc_int8"],
                   "drop_points": round(acc_fp32 - methods[default]["acc_int8"], 2), "by_method": methods},

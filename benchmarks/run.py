@@ -320,7 +320,7 @@ def main() -> dict:
         if "frozen_sweep" in only:
             bench_frozen_sweep(args, results, tmp)
         if "int8" in only:
-            bench_int8.bench_int8(args, results, tmp, best_of, entry)
+            bench_int8.bench_int8(args, results, tmp, entry)
         if "server" in only:
             bench_batching.bench_server(args, results, tmp, entry)
         if "transform" in only:

@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from PIL import Image
 
 import export
+from src.data.images import load_rgb
 from src.data.synthetic import make_imagefolder
 from src.data.transforms import eval_transform
 from src.evaluation.runner import evaluate
@@ -36,8 +36,7 @@ from src.models.backbones import CountNet
 from src.serving.app import create_app
 from src.serving.handler import input_fn, model_fn, output_fn, predict_fn
 from src.serving.predict import interval_text, predict_manifest
-from tests.helpers import IMAGE_SIZE
-from tests.test_serving_parity import STANDALONE_EXPECTED
+from tests.helpers import IMAGE_SIZE, STANDALONE_EXPECTED
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -51,7 +50,7 @@ def all_count_net(photos: list[Path], seed: int = 3) -> CountNet:
     count > k - 1, so one direction and falling biases give an ordered, spread distribution)."""
     torch.manual_seed(seed)
     net = CountNet("resnet18", weights=None, head="ordinal", max_count=K, tail=True, input_size=IMAGE_SIZE).eval()
-    x = torch.stack([eval_transform(net.preprocessing)(_rgb(p)) for p in photos])
+    x = torch.stack([eval_transform(net.preprocessing)(load_rgb(p)) for p in photos])
     with torch.no_grad():
         features = net.features(x)
         direction = torch.randn(features.shape[1])
@@ -59,11 +58,6 @@ def all_count_net(photos: list[Path], seed: int = 3) -> CountNet:
         net.head.fc.weight.copy_(3.0 * direction.expand_as(net.head.fc.weight))
         net.head.fc.bias.copy_(torch.linspace(4, -4, K + 1) - 3.0 * (features.mean(0) @ direction))
     return net
-
-
-def _rgb(path: Path):
-    with Image.open(path) as im:
-        return im.convert("RGB")
 
 
 def true_count(name: str) -> int:
@@ -79,9 +73,9 @@ def setup(tmp_path_factory):
     net = all_count_net(sorted((data / "train").rglob("*.jpg")))
     plain = export_artifact(net, IMAGE_SIZE, "median", root / "plain", tarball=False)
     predictor = CountPredictor.from_model_dir(plain)
-    train = predictor.preprocess([_rgb(p) for p in sorted((data / "train").rglob("*.jpg"))])
+    train = predictor.preprocess([load_rgb(p) for p in sorted((data / "train").rglob("*.jpg"))])
     test_paths = sorted((data / "test").rglob("*.jpg"))
-    test = predictor.preprocess([_rgb(p) for p in test_paths])
+    test = predictor.preprocess([load_rgb(p) for p in test_paths])
     _, train_features = predictor.runner.with_features(train)
     logits, test_features = predictor.runner.with_features(test)
     probs = predictor.head.probabilities(logits)

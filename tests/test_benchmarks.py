@@ -52,14 +52,14 @@ def bench_args(*extra: str):
 def test_serving_benchmarks_write_plain_ours_rows(tmp_path):
     """Fast smoke of the int8, server and batch-transform rows (the full sizes run in `make bench`)."""
     from benchmarks import bench_batching, bench_int8
-    from benchmarks.run import best_of, entry
+    from benchmarks.run import entry
 
     torch = pytest.importorskip("torch")
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         args, results = bench_args(), {}
-        bench_int8.bench_int8(args, results, tmp_path, best_of, entry)
+        bench_int8.bench_int8(args, results, tmp_path, entry)
         bench_batching.bench_server(args, results, tmp_path, entry)
         bench_batching.bench_transform(args, results, tmp_path, entry)
     finally:

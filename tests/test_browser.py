@@ -336,7 +336,7 @@ class ContractPredictor(CountPredictor):
     """The tiny model, answering with every field of the shared response contract (overflow, review,
     verdict), as a model with the overflow class and a review threshold does, whatever the photo."""
 
-    def results(self, probs, ids=None, expected=None, counts=None):
+    def results(self, probs, ids=None, expected=None, counts=None, intervals=None):
         return [{"count": None, "label": ">5", "overflow": True, "confidence": 0.7,
                  "probabilities": [0.01, 0.02, 0.03, 0.04, 0.1, 0.1, 0.7], "review": True,
                  "expected_quantity": 4, "p_expected": 0.1, "verdict": "mismatch"} for _ in range(len(probs))]
@@ -401,7 +401,7 @@ def test_page_renders_overflow_review_and_verdict(browser, photo, contract_predi
 class OneItemPredictor(CountPredictor):
     """Always one item, sure of it; the record says so too."""
 
-    def results(self, probs, ids=None, expected=None, counts=None):
+    def results(self, probs, ids=None, expected=None, counts=None, intervals=None):
         return [{"count": 1, "label": "1", "confidence": 0.9, "probabilities": [0.02, 0.9, 0.02, 0.02, 0.02, 0.02],
                  "review": False, "expected_quantity": 1, "p_expected": 0.9, "verdict": "match"} for _ in range(len(probs))]
 

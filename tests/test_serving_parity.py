@@ -24,25 +24,9 @@ from src.inference.artifact import export_artifact
 from src.inference.predictor import CountPredictor
 from src.serving.app import create_app
 from src.serving.handler import input_fn, model_fn, output_fn, predict_fn
-from tests.helpers import IMAGE_SIZE, fake_checkpoint, tiny_net
+from tests.helpers import IMAGE_SIZE, STANDALONE_EXPECTED, fake_checkpoint, tiny_net
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-# code/inference.py alone (only code/ and site-packages on the path), the image checked against an
-# expected quantity (argv[4]) sent as JSON the way a batch-transform line carries it.
-STANDALONE_EXPECTED = r"""
-import base64, json, sys
-code_dir, model_dir, image, quantity = sys.argv[1:5]
-sys.path[:] = [code_dir] + [p for p in sys.path if "site-packages" in p or "lib/python" in p]
-import inference
-assert inference.__file__.startswith(code_dir), inference.__file__
-doc = {"image": base64.b64encode(open(image, "rb").read()).decode(), "expected_quantity": int(quantity)}
-data = inference.input_fn(json.dumps(doc), "application/json")
-body, ctype = inference.output_fn(inference.predict_fn(data, inference.model_fn(model_dir)), "application/json")
-heavy = [m for m in ("pytorch_lightning", "lightning", "hydra", "omegaconf") if m in sys.modules]
-print(json.dumps({"body": json.loads(body), "ctype": ctype, "heavy": heavy}))
-"""
-
 
 # A temperature that visibly changes probabilities; thresholds that give both review flags and all
 # three verdicts on these 12 images (checked in the test, so a change of model shows up).

@@ -129,5 +129,5 @@ def predict_folder(
         novelty=torch.cat(novelty) if novelty else None,
         unlike=torch.cat(novelty) > predictor.novelty.threshold if novelty else None,
         settings=predictor_settings(predictor),
-        intervals=predictor.intervals(logits_t) if predictor.all_counts else None,
+        intervals=predictor.intervals(logits_t, probs_t) if predictor.all_counts else None,
     )

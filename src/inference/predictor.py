@@ -186,17 +186,20 @@ class CountPredictor:
         ids: list[Any] | None = None,
         expected: list[int | None] | None = None,
         counts: torch.Tensor | None = None,
+        intervals: list[list[int | None]] | None = None,
     ) -> list[dict[str, Any]]:
         """One result dict per row of calibrated ``probs`` (``probabilities()``; see the module
         docstring); ``counts``: the class per row (default ``decide(probs)``); ``expected`` (per row,
-        or None) adds ``expected_quantity``, ``p_expected`` and ``verdict``."""
+        or None) adds ``expected_quantity``, ``p_expected`` and ``verdict``; ``intervals``: each row's
+        served interval (``intervals()``; default: the shortest run holding ``INTERVAL_MASS`` of ``probs``)."""
         expected = expected or [None] * len(probs)
         checked = [None if q is None else self.check_expected(q) for q in expected]
         if counts is None:
             counts = self.decide(probs)
         if self.all_counts:
             more_than_5 = p_more_than(probs, 5).tolist() if self.max_count >= 5 else None
-            intervals = count_interval(probs, INTERVAL_MASS).tolist()
+            if intervals is None:
+                intervals = self._served(count_interval(probs, INTERVAL_MASS))
         out = []
         for i, (index, row) in enumerate(zip(counts.tolist(), probs.tolist(), strict=True)):
             is_over = self.overflow and index > self.max_count
@@ -207,8 +210,7 @@ class CountPredictor:
             if self.all_counts:
                 if more_than_5 is not None:
                     result["p_more_than_5"] = more_than_5[i]
-                lo, hi = intervals[i]
-                result["interval"] = [lo, None if self.labels.is_tail(hi) else hi]
+                result["interval"] = intervals[i]
             if self.review_threshold is not None:
                 result["review"] = needs_review(row[index], self.review_threshold)
             if ids and ids[i] is not None:
@@ -221,14 +223,17 @@ class CountPredictor:
             out.append(result)
         return out
 
-    def intervals(self, logits: torch.Tensor) -> list[list[int | None]]:
+    def intervals(self, logits: torch.Tensor, calibrated: torch.Tensor | None = None) -> list[list[int | None]]:
         """Each image's served count interval ``[lo, hi]`` (``hi`` None: "lo or more", the tail): the span
         of the split-conformal set when the artifact has one fitted, else the shortest run of counts
-        holding ``INTERVAL_MASS`` of the calibrated probability (what ``results`` gives)."""
+        holding ``INTERVAL_MASS`` of the calibrated probability (``calibrated``: ``calibrate(logits)``,
+        when the caller has it)."""
         if self.interval_threshold is not None:
-            spans = conformal_interval(self.raw_probabilities(logits), self.interval_threshold)
-        else:
-            spans = count_interval(self.calibrate(logits), INTERVAL_MASS)
+            return self._served(conformal_interval(self.raw_probabilities(logits), self.interval_threshold))
+        return self._served(count_interval(self.calibrate(logits) if calibrated is None else calibrated, INTERVAL_MASS))
+
+    def _served(self, spans: torch.Tensor) -> list[list[int | None]]:
+        """(lo, hi) class indices -> ``[lo, hi]`` as answered: the tail's index becomes None ("or more")."""
         return [[lo, None if self.labels.is_tail(hi) else hi] for lo, hi in spans.tolist()]
 
     def verdict(self, p_expected: float, answer: int, expected_class: int) -> str:
@@ -249,10 +254,11 @@ class CountPredictor:
     ) -> list[dict[str, Any]]:
         """One result per image of a preprocessed batch (N, 3, S, S)."""
         logits, novelty = self.logits_and_novelty(batch)
-        results = self.results(self.calibrate(logits), ids, expected, counts=self.decide_outputs(logits))
+        probs = self.calibrate(logits)
+        results = self.results(probs, ids, expected, counts=self.decide_outputs(logits),
+                               intervals=self.intervals(logits, probs) if self.all_counts else None)
         if self.interval_threshold is not None:
-            for result, span in zip(results, self.intervals(logits), strict=True):
-                result["interval"] = span
+            for result in results:
                 result["interval_coverage"] = self.interval_coverage  # promised, split conformal
         if novelty is not None:
             for result, score in zip(results, novelty.tolist(), strict=True):

@@ -26,16 +26,22 @@ function flagExplanation(result) {
 
 // What an expected quantity was checked against: the count itself, or for a model that counts every
 // bin, the tail class when the quantity is at or above its first count ("checked_against": ">15").
-function expectedWords(result) {
+function tailChecked(result) {  // the tail's K when the record was checked against "more than K", else null
   const against = result.checked_against;
-  return against && against.startsWith(">") ? "p(more than " + against.slice(1) + ")" : "p(" + result.expected_quantity + ")";
+  return against && against.startsWith(">") ? against.slice(1) : null;
+}
+
+function expectedWords(result) {
+  const k = tailChecked(result);
+  return k !== null ? "p(more than " + k + ")" : "p(" + result.expected_quantity + ")";
 }
 
 function verdictExplanation(result) {
+  const k = tailChecked(result);
   let p = expectedWords(result) + " = " + pct(result.p_expected);
-  if (result.checked_against && result.checked_against.startsWith(">")) {
-    p += " (the record says " + result.expected_quantity + "; this model counts up to " + result.checked_against.slice(1) +
-      " one by one, so it checks 'more than " + result.checked_against.slice(1) + "')";
+  if (k !== null) {
+    p += " (the record says " + result.expected_quantity + "; this model counts up to " + k +
+      " one by one, so it checks 'more than " + k + "')";
   }
   if (result.verdict === "match") return VERDICT_WORDS.match + ": " + p + ", high enough to confirm the record.";
   if (result.verdict === "mismatch") return VERDICT_WORDS.mismatch + ": " + p + ", low enough to call the record wrong.";
