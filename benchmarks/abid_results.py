@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -93,6 +94,9 @@ ROWS: dict[str, tuple[str, list[str]]] = {
                        "synthetic bins (experiment=synthetic_pretrain, 3 epochs; its time not counted)",
                        [*FAST, "model.net.pooling=countmap",
                         "init_from=${paths.log_dir}/train/runs/synthetic_pretrain_s42/model"]),
+    "overflow_countmap": ("this recipe, channels_last, count-map pooling, trained on the whole sample: the 2,849 bins "
+                          "of more than five items as a 7th class (answers restricted to 0..5 on the 0..5 images)",
+                          ["experiment=abid_sample_overflow", "model.channels_last=true", "model.net.pooling=countmap"]),
     "distill": ("this recipe distilled from the main recipe's three seeds (soft targets on training images and "
                 "mirrors, weight 0.5, T 2; teachers' time not counted)", ["experiment=abid_sample_distill"]),
     "distill_countmap": ("count-map pooling, channels_last, distilled from the count-map row's three seeds "
@@ -108,6 +112,13 @@ ROWS: dict[str, tuple[str, list[str]]] = {
                                "data.teachers=[${paths.log_dir}/train/runs/abid_countmap_meta_s42/model,"
                                "${paths.log_dir}/train/runs/abid_countmap_meta_s43/model,"
                                "${paths.log_dir}/train/runs/abid_countmap_meta_s44/model]"]),
+    "distill_countmap_meta_e30": ("the countmap_meta student (same teachers, weight 0.5, T 2) trained 30 epochs instead "
+                                  "of 12: a patient student",
+                                  ["experiment=abid_sample_distill", "model.channels_last=true", "model.net.pooling=countmap",
+                                   "data.metadata_dir=${paths.abid_sample}/metadata", "model.aux_weight=0.1",
+                                   "data.teachers=[${paths.log_dir}/train/runs/abid_countmap_meta_s42/model,"
+                                   "${paths.log_dir}/train/runs/abid_countmap_meta_s43/model,"
+                                   "${paths.log_dir}/train/runs/abid_countmap_meta_s44/model]", "trainer.max_epochs=30"]),
 }
 
 
@@ -149,8 +160,8 @@ def split_counts(split: str, data: Path = DATA) -> list[int]:
     return [len(list((data / split / str(k)).glob("*.jpg"))) for k in range(K)]
 
 
-def confusion(true: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
-    return torch.bincount(true * K + pred.clamp(0, K - 1), minlength=K * K).reshape(K, K)
+def confusion(true: torch.Tensor, pred: torch.Tensor, k: int = K) -> torch.Tensor:
+    return torch.bincount(true * k + pred.clamp(0, k - 1), minlength=k * k).reshape(k, k)
 
 
 def constant_rows(data: Path = DATA) -> dict[str, dict]:
@@ -235,11 +246,24 @@ def unfinished(run: Path) -> dict | None:
     ckpts = sorted((run / "checkpoints").glob("epoch_*.ckpt"))
     if not ckpts:
         return None
-    from omegaconf import OmegaConf
-
     rule = OmegaConf.load(run / ".hydra" / "config.yaml").model.decision_rule
     m = free_ablations(run, ckpts[-1])[f"{rule}, no TTA"]
     return {"metrics": m, "stopped_after_epoch": int(ckpts[-1].stem.split("_")[1]), "best_ckpt": str(ckpts[-1])}
+
+
+def in_range(run: Path, ckpt: Path, rule: str) -> dict[str, dict]:
+    """A model with a "more than 5" class on the sample's 0..5 val and test images: its answers restricted
+    to 0..5 (in-range probabilities renormalised, the run's rule: what a 0..5 model answers), and on
+    test as served (a "more than 5" answer is wrong and counts as 6 in the RMSE)."""
+    out = {}
+    for split in ("val", "test"):
+        t = split_probabilities(run, ckpt, split)
+        p = t["probs"][:, :K] / t["probs"][:, :K].sum(-1, keepdim=True)
+        out[split] = metrics_from_confusion(confusion(t["true"], predict_counts(p, rule)))
+    t = split_probabilities(run, ckpt)
+    served = predict_counts(t["probs"], rule, overflow=True)
+    out["as_served"] = metrics_from_confusion(confusion(t["true"], served, K + 1))
+    return out
 
 
 def summarise(values: list[float]) -> dict[str, float]:
@@ -254,12 +278,17 @@ def local_run(key: str, seed: int) -> dict | None:
     m = json.loads(f.read_text())
     wall = run_dir(key, seed) / "wall_seconds.txt"
     best = m.get("best_ckpt")
-    return {
+    out = {
         "metrics": {k.removeprefix("test/"): v for k, v in m.items() if k.startswith("test/")},
         "val_acc_best": m.get("val/acc_best"),
         "best_ckpt": str(run_dir(key, seed) / "checkpoints" / Path(best).name) if best else None,  # folder may move
         "wall_s": float(wall.read_text()) if wall.is_file() else None,
     }
+    cfg = OmegaConf.load(run_dir(key, seed) / ".hydra" / "config.yaml")
+    if cfg.data.get("overflow") and out["best_ckpt"]:  # trained with "more than 5": scored on the 0..5 images
+        scores = in_range(run_dir(key, seed), Path(out["best_ckpt"]), cfg.model.decision_rule)
+        out.update(metrics=scores["test"], val_acc_best=scores["val"]["acc"], as_served=scores["as_served"])
+    return out
 
 
 def same_numbers(a: dict, b: dict) -> bool:
@@ -273,7 +302,9 @@ def row_setup(key: str) -> dict:
 
     cfg = compose_config("train", ROWS[key][1])
     net = cfg.model.net
+    train = Path(cfg.data.data_dir) / "train"
     return {"epochs": int(cfg.trainer.max_epochs), "subset": float(cfg.data.get("subset") or 1.0),
+            "train_images": sum(1 for f in train.rglob("*") if f.suffix.lower() in (".jpg", ".jpeg", ".png")),
             "arch": arch_key(net.name, net.get("pooling") or "avg", int(cfg.data.image_size))}
 
 
@@ -304,6 +335,9 @@ def finish_row(row: dict) -> dict:
         row["over_seeds"] = {m: summarise([r["metrics"][m] for r in runs.values()]) for m in ("acc", "rmse")}
         row["mean_class"] = {m: [statistics.fmean(r["metrics"][f"{m}_class_{k}"] for r in runs.values()) for k in range(K)]
                              for m in ("acc", "rmse")}  # fmt: skip
+    served = [r["as_served"] for r in runs.values() if r.get("as_served")]
+    if served:
+        row["as_served"] = {m: summarise([s[m] for s in served]) for m in ("acc", "rmse")}
     walls = [r["wall_s"] for r in runs.values() if r.get("wall_s")]
     if walls:
         row["minutes"] = round(statistics.fmean(walls) / 60, 1)
@@ -339,7 +373,7 @@ def collect(seeds: list[int], recorded: Path = RECORDED) -> dict:
         row["arch"] = setup["arch"]
         walls = [r["wall_s"] for r in runs.values() if r.get("wall_s")]
         if walls:  # effective: every training image once per epoch over the whole run (validation included)
-            images = sum(results["train_counts"]) * setup["subset"] * setup["epochs"]
+            images = (setup["train_images"] or sum(results["train_counts"])) * setup["subset"] * setup["epochs"]
             row["train_images_per_s"] = round(images / statistics.fmean(walls), 1)
         vals = [r["val_acc_best"] for r in runs.values() if r.get("val_acc_best") is not None]
         if vals:
@@ -443,6 +477,12 @@ def markdown(results: dict) -> str:
                 where = "in the table (\\*)" if here.get("recorded_earlier") else "here"
                 lines.append(f"\n{key}, seed {seed}: {fmt(here['metrics'])} {where}, {fmt(m)} on the machine of an "
                              "earlier record (same seed, other CPU kernels)")
+    for key, row in results["rows"].items():
+        if "as_served" in row:
+            a, r = row["as_served"]["acc"], row["as_served"]["rmse"]
+            lines.append(f"\n{key}: scored on the 0..5 images with its answers restricted to 0..5; as served (a \"more "
+                         f"than 5\" answer there is wrong, and 6 in the RMSE): {100 * a['mean']:.1f} ± {100 * a['std']:.1f} % "
+                         f"| {r['mean']:.3f} ± {r['std']:.3f}")
     for key, what in (("free_ablations", "this recipe's"), ("noema_free_ablations", "the previous recipe's")):
         if key in results:
             lines += ["", f"Free ablations on {what} best checkpoint of its first seed:", "",

@@ -6,7 +6,9 @@ fp32 NCHW, fp32 channels_last, and channels_last with bf16 autocast (where the C
 or AMX; bf16 changes the numbers a model learns, so its accuracy must be checked before adoption),
 plus the eval forward (what validation and serving cost). Variants alternate round by round and
 each keeps its best round, so a busy machine slows all alike. From these it estimates minutes per
-run of the sample recipe (12 epochs of 3,015 training and 754 validation images).
+run of the sample recipe (12 epochs of 3,015 training and 754 validation images). With the sample
+prepared (data/abid_sample), it also times the data pipeline per image: decoding and resizing the
+stored JPEG against a decoded-image cache, beside the training step it competes with for the cores.
 
 Writes ``benchmarks/results/train_speed.json`` (with the CPU and its instruction set) and prints a table.
 """
@@ -27,6 +29,7 @@ from src.models.backbones import CountNet
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "train_speed.json"
+SAMPLE = ROOT / "data" / "abid_sample"  # the prepared real sample (README), for the data pipeline
 BACKBONES = (  # (registry name, input size): MobileNetV2 at the sample recipe's 160 px, the Lites at theirs
     ("torchvision/mobilenet_v2", 160),
     ("timm/tf_efficientnet_lite0", 160),
@@ -74,6 +77,30 @@ def measure(name: str, size: int, batch: int, rounds: int, bf16_ok: bool) -> dic
     return row
 
 
+def data_pipeline(size: int, images: int, rounds: int) -> dict:
+    """Milliseconds per training image spent before the network, in one process: decoding the stored
+    JPEG and resizing it (what the DataLoader workers do today) against reading an already decoded,
+    resized uint8 tensor (what a decoded-image cache would leave), both with the flip and normalisation.
+    On 2 cores the workers share the CPU with the training step, so the difference is what a cache
+    could save per image."""
+    from torchvision.transforms import v2 as T
+
+    from src.data.images import CountFolder
+    from src.data.transforms import Preprocessing, eval_transform, train_transform
+
+    prep = Preprocessing(size)
+    folder = CountFolder(SAMPLE / "train", 6, train_transform(prep))
+    idx = list(range(0, len(folder), max(1, len(folder) // images)))[:images]
+    resize = eval_transform(prep).transforms[:3]  # ToImage, RGB, Resize: uint8 as a cache would store it
+    raw = CountFolder(SAMPLE / "train", 6, T.Compose(resize))
+    cached = [raw[i][0] for i in idx]
+    after = T.Compose([T.RandomHorizontalFlip(), T.ToDtype(torch.float32, scale=True), T.Normalize(prep.mean, prep.std)])
+    secs = best_of({"decode_resize": lambda: [folder[i] for i in idx],
+                    "decoded_cache": lambda: [after(x) for x in cached]}, rounds)
+    return {"input_size": size, "images": len(idx),
+            "ms_per_image": {k: round(1000 * v / len(idx), 3) for k, v in secs.items()}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=16)
@@ -91,7 +118,18 @@ def main() -> None:
         r = rows[-1]
         print(f"{name:30s} {size:4d}px  train img/s " + "  ".join(f"{k} {v:6.1f}" for k, v in r["train_images_per_s"].items())
               + f"  | eval {r['eval_images_per_s']:6.1f} img/s  | ~{r['est_minutes_per_run']} min/run", flush=True)
+    pipeline = None
+    if (SAMPLE / "train").is_dir():
+        pipeline = data_pipeline(160, 256, args.rounds)
+        step = next((r for r in rows if r["backbone"] == "torchvision/mobilenet_v2"), None)
+        if step:  # the sample recipe's step, channels_last fp32
+            pipeline["train_step_ms_per_image"] = round(1000 / step["train_images_per_s"]["channels_last"], 2)
+        print(f"data pipeline at 160 px, ms/image: {pipeline['ms_per_image']}"
+              + (f" | training step {pipeline['train_step_ms_per_image']} ms/image" if step else ""), flush=True)
+    else:
+        print(f"no {SAMPLE}/train: the data pipeline is not measured (prepare the sample, README)")
     result = {"hardware": {**hardware(), "cpu_flags": flags}, "bf16_measured": bf16_ok, "rows": rows,
+              "data_pipeline": pipeline,
               "recipe": {"train_images": TRAIN_IMAGES, "val_images": VAL_IMAGES, "epochs": EPOCHS},
               "seconds": round(time.perf_counter() - start, 1)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,9 @@ def test_every_results_row_composes_so_a_typo_fails_here_not_hours_into_a_run():
 
     for key, (_, overrides) in ROWS.items():
         cfg = compose_cfg("train", overrides)
-        assert cfg.data.data_dir.endswith("data/abid_sample"), key
+        whole = cfg.data.overflow  # every labelled image, "more than 5" the 7th class; scored on the 0..5 ones
+        assert cfg.data.data_dir.endswith("data/abid_sample_overflow" if whole else "data/abid_sample"), key
+        assert cfg.data.num_classes in ((7,) if whole else (None, 6)) and (not whole or cfg.data.prepare.overflow), key
     student = compose_cfg("train", ROWS["distill_countmap"][1])
     assert student.model.net.pooling == "countmap" and student.model.channels_last
     assert [Path(t).parent.name for t in student.data.teachers] == [f"abid_countmap_s{s}" for s in (42, 43, 44)]
@@ -200,6 +202,23 @@ def test_rule_and_tta_scores_each_view():
     assert rows["expected, no TTA"]["acc"] == 0.75  # 0.1, 1.6, 3.0 right; 4.5 rounds to 4
     assert rows["expected, flip TTA"]["acc"] == 1.0
     assert rows["argmax, no TTA"]["rmse"] > rows["expected, no TTA"]["rmse"]
+
+
+def test_a_more_than_5_model_is_scored_on_the_0_to_5_images_restricted_and_as_served(monkeypatch):
+    # Rows trained with the 7th class are compared with 0..5 models on the same 0..5 images.
+    import torch
+
+    import benchmarks.abid_results as ab
+
+    true = torch.tensor([5, 4, 0])
+    probs = torch.tensor([[0, 0, 0, 0, 0, .4, .6],   # restricted: 5 (right); served: "more than 5" (6)
+                          [0, 0, 0, 0, .4, 0, .6],   # restricted: 4 (right); served: 6
+                          [.9, .1, 0, 0, 0, 0, 0]])  # 0 either way
+    monkeypatch.setattr(ab, "split_probabilities", lambda run, ckpt, split="test": {"probs": probs, "true": true})
+    out = ab.in_range(Path("run"), Path("best.ckpt"), "expected")
+    assert out["test"]["acc"] == out["val"]["acc"] == 1.0 and out["test"]["rmse"] == 0.0
+    assert out["as_served"]["acc"] == pytest.approx(1 / 3)
+    assert out["as_served"]["rmse"] == pytest.approx(((1 + 4) / 3) ** 0.5)
 
 
 def test_diverged_training_stops_with_the_fix(bucket, tmp_path):

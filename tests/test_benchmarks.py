@@ -79,3 +79,15 @@ def test_serving_benchmarks_write_plain_ours_rows(tmp_path):
     transform = results["transform_handler"]
     assert set(transform["by_shape"]) == {"plain", "4x1", "2x2"}
     assert transform["chosen"]["records_per_request"] in (4, 2)
+
+
+def test_training_speed_benchmark_times_decoding_against_a_decoded_cache(tmp_path, monkeypatch):
+    import benchmarks.bench_train_speed as bts
+    from src.data.synthetic import make_imagefolder
+
+    data = make_imagefolder(tmp_path / "d", {"train": 24}, image_size=64, seed=1)
+    monkeypatch.setattr(bts, "SAMPLE", data)
+    out = bts.data_pipeline(32, images=8, rounds=1)
+    assert out["input_size"] == 32 and out["images"] == 8
+    assert set(out["ms_per_image"]) == {"decode_resize", "decoded_cache"}
+    assert all(v > 0 for v in out["ms_per_image"].values())
