@@ -113,12 +113,8 @@ ROWS: dict[str, tuple[str, list[str]]] = {
                                "${paths.log_dir}/train/runs/abid_countmap_meta_s43/model,"
                                "${paths.log_dir}/train/runs/abid_countmap_meta_s44/model]"]),
     "distill_countmap_meta_e30": ("the countmap_meta student (same teachers, weight 0.5, T 2) trained 30 epochs instead "
-                                  "of 12: a patient student",
-                                  ["experiment=abid_sample_distill", "model.channels_last=true", "model.net.pooling=countmap",
-                                   "data.metadata_dir=${paths.abid_sample}/metadata", "model.aux_weight=0.1",
-                                   "data.teachers=[${paths.log_dir}/train/runs/abid_countmap_meta_s42/model,"
-                                   "${paths.log_dir}/train/runs/abid_countmap_meta_s43/model,"
-                                   "${paths.log_dir}/train/runs/abid_countmap_meta_s44/model]", "trainer.max_epochs=30"]),
+                                  "of 12: a patient student (experiment=abid_sample_student)",
+                                  ["experiment=abid_sample_student"]),
 }
 
 

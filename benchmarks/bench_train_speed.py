@@ -8,7 +8,8 @@ plus the eval forward (what validation and serving cost). Variants alternate rou
 each keeps its best round, so a busy machine slows all alike. From these it estimates minutes per
 run of the sample recipe (12 epochs of 3,015 training and 754 validation images). With the sample
 prepared (data/abid_sample), it also times the data pipeline per image: decoding and resizing the
-stored JPEG against a decoded-image cache, beside the training step it competes with for the cores.
+stored JPEG against a decoded-image cache, beside the training step it competes with for the cores,
+and the whole loop's images/s for several layouts of data-loader workers and torch threads.
 
 Writes ``benchmarks/results/train_speed.json`` (with the CPU and its instruction set) and prints a table.
 """
@@ -16,6 +17,7 @@ Writes ``benchmarks/results/train_speed.json`` (with the CPU and its instruction
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -101,11 +103,44 @@ def data_pipeline(size: int, images: int, rounds: int) -> dict:
             "ms_per_image": {k: round(1000 * v / len(idx), 3) for k, v in secs.items()}}
 
 
+def loader_layout(size: int, steps: int, layouts: list[tuple[int, int]]) -> list[dict]:
+    """Images/s of the whole training loop on the sample (DataLoader workers decoding real JPEGs and
+    the count-map MobileNetV2 step, channels_last) for each (data-loader workers, torch threads)
+    layout: on 2 cores the workers and the step's threads share the CPU."""
+    from torch.utils.data import DataLoader
+
+    from src.data.images import CountFolder
+    from src.data.transforms import train_transform
+
+    data = CountFolder(SAMPLE / "train", 6, train_transform(size))
+    rows = []
+    for workers, threads in layouts:
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        net = CountNet("torchvision/mobilenet_v2", num_classes=6, pooling="countmap").train()
+        net.to(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+        loader = DataLoader(data, batch_size=32, shuffle=True, num_workers=workers,
+                            generator=torch.Generator().manual_seed(0))
+        batches = (batch for _ in itertools.count() for batch in loader)  # epoch after epoch
+        for i in range(steps + 2):  # two warm-up steps (workers starting, first allocations)
+            if i == 2:
+                start = time.perf_counter()
+            x, y = next(batches)
+            train_step(net, opt, x.contiguous(memory_format=torch.channels_last), y, bf16=False)
+        rows.append({"num_workers": workers, "torch_threads": threads,
+                     "train_images_per_s": round(32 * steps / (time.perf_counter() - start), 2)})
+        print(f"loader workers {workers}, torch threads {threads}: {rows[-1]['train_images_per_s']} images/s", flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", default="", help="comma-separated backbone names")
+    parser.add_argument("--layout-steps", type=int, default=20,
+                        help="training steps per (workers, threads) layout on the sample; 0 skips")
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args()
     flags = cpu_flags()
@@ -128,8 +163,13 @@ def main() -> None:
               + (f" | training step {pipeline['train_step_ms_per_image']} ms/image" if step else ""), flush=True)
     else:
         print(f"no {SAMPLE}/train: the data pipeline is not measured (prepare the sample, README)")
+    layouts = None
+    if (SAMPLE / "train").is_dir() and args.layout_steps:
+        threads = torch.get_num_threads()
+        layouts = loader_layout(160, args.layout_steps, [(0, threads), (1, threads), (2, threads), (2, 1)])
+        torch.set_num_threads(threads)
     result = {"hardware": {**hardware(), "cpu_flags": flags}, "bf16_measured": bf16_ok, "rows": rows,
-              "data_pipeline": pipeline,
+              "data_pipeline": pipeline, "loader_layouts": layouts,
               "recipe": {"train_images": TRAIN_IMAGES, "val_images": VAL_IMAGES, "epochs": EPOCHS},
               "seconds": round(time.perf_counter() - start, 1)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -44,6 +44,10 @@ def test_every_results_row_composes_so_a_typo_fails_here_not_hours_into_a_run():
         whole = cfg.data.overflow  # every labelled image, "more than 5" the 7th class; scored on the 0..5 ones
         assert cfg.data.data_dir.endswith("data/abid_sample_overflow" if whole else "data/abid_sample"), key
         assert cfg.data.num_classes in ((7,) if whole else (None, 6)) and (not whole or cfg.data.prepare.overflow), key
+    student = compose_cfg("train", ROWS["distill_countmap_meta_e30"][1])  # issue 29's strongest single model
+    assert student.model.net.pooling == "countmap" and student.model.aux_weight == 0.1 and student.data.metadata_dir
+    assert student.trainer.max_epochs == 30 and student.model.criterion.distill_weight == 0.5
+    assert [Path(t).parent.name for t in student.data.teachers] == [f"abid_countmap_meta_s{s}" for s in (42, 43, 44)]
     student = compose_cfg("train", ROWS["distill_countmap"][1])
     assert student.model.net.pooling == "countmap" and student.model.channels_last
     assert [Path(t).parent.name for t in student.data.teachers] == [f"abid_countmap_s{s}" for s in (42, 43, 44)]

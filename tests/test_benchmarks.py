@@ -91,3 +91,14 @@ def test_training_speed_benchmark_times_decoding_against_a_decoded_cache(tmp_pat
     assert out["input_size"] == 32 and out["images"] == 8
     assert set(out["ms_per_image"]) == {"decode_resize", "decoded_cache"}
     assert all(v > 0 for v in out["ms_per_image"].values())
+
+
+def test_training_speed_benchmark_runs_the_loop_for_each_workers_threads_layout(tmp_path, monkeypatch):
+    import benchmarks.bench_train_speed as bts
+    from src.data.synthetic import make_imagefolder
+
+    data = make_imagefolder(tmp_path / "d", {"train": 24}, image_size=48, seed=1)
+    monkeypatch.setattr(bts, "SAMPLE", data)
+    rows = bts.loader_layout(32, steps=1, layouts=[(0, 1), (1, 1)])
+    assert [(r["num_workers"], r["torch_threads"]) for r in rows] == [(0, 1), (1, 1)]
+    assert all(r["train_images_per_s"] > 0 for r in rows)
