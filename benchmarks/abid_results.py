@@ -280,8 +280,9 @@ def local_run(key: str, seed: int) -> dict | None:
         "best_ckpt": str(run_dir(key, seed) / "checkpoints" / Path(best).name) if best else None,  # folder may move
         "wall_s": float(wall.read_text()) if wall.is_file() else None,
     }
-    cfg = OmegaConf.load(run_dir(key, seed) / ".hydra" / "config.yaml")
-    if cfg.data.get("overflow") and out["best_ckpt"]:  # trained with "more than 5": scored on the 0..5 images
+    config = run_dir(key, seed) / ".hydra" / "config.yaml"
+    cfg = OmegaConf.load(config) if config.is_file() else None
+    if cfg is not None and cfg.data.get("overflow") and out["best_ckpt"]:  # with "more than 5": scored on 0..5 images
         scores = in_range(run_dir(key, seed), Path(out["best_ckpt"]), cfg.model.decision_rule)
         out.update(metrics=scores["test"], val_acc_best=scores["val"]["acc"], as_served=scores["as_served"])
     return out
@@ -300,7 +301,8 @@ def row_setup(key: str) -> dict:
     net = cfg.model.net
     train = Path(cfg.data.data_dir) / "train"
     return {"epochs": int(cfg.trainer.max_epochs), "subset": float(cfg.data.get("subset") or 1.0),
-            "train_images": sum(1 for f in train.rglob("*") if f.suffix.lower() in (".jpg", ".jpeg", ".png")),
+            "train_images": None if train.parent == DATA else  # another preparation (e.g. with "more than 5")
+            sum(1 for f in train.rglob("*") if f.suffix.lower() in (".jpg", ".jpeg", ".png")),
             "arch": arch_key(net.name, net.get("pooling") or "avg", int(cfg.data.image_size))}
 
 
@@ -475,10 +477,10 @@ def markdown(results: dict) -> str:
                              "earlier record (same seed, other CPU kernels)")
     for key, row in results["rows"].items():
         if "as_served" in row:
-            a, r = row["as_served"]["acc"], row["as_served"]["rmse"]
+            served = {"over_seeds": row["as_served"]} if row["as_served"]["acc"]["n"] > 1 else \
+                {"metrics": {m: v["mean"] for m, v in row["as_served"].items()}}
             lines.append(f"\n{key}: scored on the 0..5 images with its answers restricted to 0..5; as served (a \"more "
-                         f"than 5\" answer there is wrong, and 6 in the RMSE): {100 * a['mean']:.1f} ± {100 * a['std']:.1f} % "
-                         f"| {r['mean']:.3f} ± {r['std']:.3f}")
+                         f"than 5\" answer there is wrong, and 6 in the RMSE): {fmt_row(served)}")
     for key, what in (("free_ablations", "this recipe's"), ("noema_free_ablations", "the previous recipe's")):
         if key in results:
             lines += ["", f"Free ablations on {what} best checkpoint of its first seed:", "",
@@ -496,7 +498,7 @@ def markdown(results: dict) -> str:
     lines += allcount_results.markdown(results.get("allcount"), results["rows"].get("main"))
     lines += ["", "Per count, test split (mean over the row's seeds):", ""]
     lines += class_table(results, ("noema", "main", "main_cuts", "ls", "countmap", "countmap_meta", "distill",
-                                   "distill_countmap", "distill_countmap_meta"))
+                                   "distill_countmap", "distill_countmap_meta", "distill_countmap_meta_e30"))
     return "\n".join(lines) + "\n"
 
 
