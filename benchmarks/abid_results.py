@@ -11,6 +11,7 @@ horizontal-flip test-time augmentation; the same on the main recipe's seeds as o
 ``CUT_ROWS`` also get a "+ val-fitted count cuts" row: the same checkpoints, the count decided by
 cuts fitted on the validation split (``answers.count_cuts=true`` does exactly this after training).
 Val and test probabilities are cached per checkpoint in each run's ``{val,test}_probs.pt``.
+Rows trained with a "more than 5" class are scored on the same 0..5 images (``in_range``).
 
 Rows and seeds whose runs are not on this machine keep the numbers recorded in
 ``benchmarks/results/abid_results.json`` (marked "recorded earlier"): same seed gives the same
