@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import allcount_results  # noqa: E402
 from benchmarks.serving_speed import arch_key, serving_speed  # noqa: E402
 from src.data.images import CountFolder  # noqa: E402
+from src.data.layout import IMAGE_EXTENSIONS  # noqa: E402
 from src.data.transforms import eval_transform  # noqa: E402
 from src.inference.checkpoint import load_checkpoint  # noqa: E402
 from src.models.counting import predict_counts  # noqa: E402
@@ -257,8 +258,7 @@ def in_range(run: Path, ckpt: Path, rule: str) -> dict[str, dict]:
         t = split_probabilities(run, ckpt, split)
         p = t["probs"][:, :K] / t["probs"][:, :K].sum(-1, keepdim=True)
         out[split] = metrics_from_confusion(confusion(t["true"], predict_counts(p, rule)))
-    t = split_probabilities(run, ckpt)
-    served = predict_counts(t["probs"], rule, overflow=True)
+    served = predict_counts(t["probs"], rule, overflow=True)  # t: the test split's
     out["as_served"] = metrics_from_confusion(confusion(t["true"], served, K + 1))
     return out
 
@@ -303,7 +303,7 @@ def row_setup(key: str) -> dict:
     train = Path(cfg.data.data_dir) / "train"
     return {"epochs": int(cfg.trainer.max_epochs), "subset": float(cfg.data.get("subset") or 1.0),
             "train_images": None if train.parent == DATA else  # another preparation (e.g. with "more than 5")
-            sum(1 for f in train.rglob("*") if f.suffix.lower() in (".jpg", ".jpeg", ".png")),
+            sum(1 for f in train.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS),
             "arch": arch_key(net.name, net.get("pooling") or "avg", int(cfg.data.image_size))}
 
 

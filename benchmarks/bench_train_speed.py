@@ -85,18 +85,20 @@ def data_pipeline(size: int, images: int, rounds: int) -> dict:
     resized uint8 tensor (what a decoded-image cache would leave), both with the flip and normalisation.
     On 2 cores the workers share the CPU with the training step, so the difference is what a cache
     could save per image."""
+    import copy
+
     from torchvision.transforms import v2 as T
 
     from src.data.images import CountFolder
-    from src.data.transforms import Preprocessing, eval_transform, train_transform
+    from src.data.transforms import train_transform
 
-    prep = Preprocessing(size)
-    folder = CountFolder(SAMPLE / "train", 6, train_transform(prep))
+    transform = train_transform(size)
+    folder = CountFolder(SAMPLE / "train", 6, transform)
     idx = list(range(0, len(folder), max(1, len(folder) // images)))[:images]
-    resize = eval_transform(prep).transforms[:3]  # ToImage, RGB, Resize: uint8 as a cache would store it
-    raw = CountFolder(SAMPLE / "train", 6, T.Compose(resize))
+    raw = copy.copy(folder)  # the same file list; ToImage, RGB, Resize only: uint8 as a cache would store it
+    raw.transform = T.Compose(transform.transforms[:3])
     cached = [raw[i][0] for i in idx]
-    after = T.Compose([T.RandomHorizontalFlip(), T.ToDtype(torch.float32, scale=True), T.Normalize(prep.mean, prep.std)])
+    after = T.Compose(transform.transforms[3:])  # the flip and normalisation the cache would leave
     secs = best_of({"decode_resize": lambda: [folder[i] for i in idx],
                     "decoded_cache": lambda: [after(x) for x in cached]}, rounds)
     return {"input_size": size, "images": len(idx),
@@ -153,7 +155,7 @@ def main() -> None:
         r = rows[-1]
         print(f"{name:30s} {size:4d}px  train img/s " + "  ".join(f"{k} {v:6.1f}" for k, v in r["train_images_per_s"].items())
               + f"  | eval {r['eval_images_per_s']:6.1f} img/s  | ~{r['est_minutes_per_run']} min/run", flush=True)
-    pipeline = None
+    pipeline = layouts = None
     if (SAMPLE / "train").is_dir():
         pipeline = data_pipeline(160, 256, args.rounds)
         step = next((r for r in rows if r["backbone"] == "torchvision/mobilenet_v2"), None)
@@ -161,13 +163,12 @@ def main() -> None:
             pipeline["train_step_ms_per_image"] = round(1000 / step["train_images_per_s"]["channels_last"], 2)
         print(f"data pipeline at 160 px, ms/image: {pipeline['ms_per_image']}"
               + (f" | training step {pipeline['train_step_ms_per_image']} ms/image" if step else ""), flush=True)
+        if args.layout_steps:
+            threads = torch.get_num_threads()
+            layouts = loader_layout(160, args.layout_steps, [(0, threads), (1, threads), (2, threads), (2, 1)])
+            torch.set_num_threads(threads)
     else:
-        print(f"no {SAMPLE}/train: the data pipeline is not measured (prepare the sample, README)")
-    layouts = None
-    if (SAMPLE / "train").is_dir() and args.layout_steps:
-        threads = torch.get_num_threads()
-        layouts = loader_layout(160, args.layout_steps, [(0, threads), (1, threads), (2, threads), (2, 1)])
-        torch.set_num_threads(threads)
+        print(f"no {SAMPLE}/train: the data pipeline and loader layouts are not measured (prepare the sample, README)")
     result = {"hardware": {**hardware(), "cpu_flags": flags}, "bf16_measured": bf16_ok, "rows": rows,
               "data_pipeline": pipeline, "loader_layouts": layouts,
               "recipe": {"train_images": TRAIN_IMAGES, "val_images": VAL_IMAGES, "epochs": EPOCHS},
