@@ -53,6 +53,7 @@ RUNS = ROOT / "logs" / "train" / "runs"
 RECORDED = ROOT / "benchmarks" / "results" / "abid_results.json"
 K = 6
 CUT_ROWS = ("main", "distill", "distill_countmap")
+ENSEMBLE_ROWS = ("countmap_meta", "distill_countmap_meta_e30")  # the adopted student's teachers, and its seeds
 
 # key -> (label, train.py overrides). "main" is the recipe; the rest justify it. The ablations
 # measured before the EMA joined the recipe keep their commands exact with PLAIN.
@@ -117,6 +118,12 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "distill_countmap_meta_e30": ("the countmap_meta student (same teachers, weight 0.5, T 2) trained 30 epochs instead "
                                   "of 12: a patient student (experiment=abid_sample_student)",
                                   ["experiment=abid_sample_student"]),
+    "student_224": ("the patient student at 224 px, the stored size (same teachers at 160 px), 16 epochs to stay "
+                    "within 40 minutes", ["experiment=abid_sample_student", "data.image_size=224",
+                                          "trainer.max_epochs=16"]),
+    "student_e20": ("the patient student with 20 epochs instead of 30 and one loader worker instead of two (the "
+                    "faster layout of 2 cores)", ["experiment=abid_sample_student", "trainer.max_epochs=20",
+                                                  "data.num_workers=1"]),
 }
 
 
@@ -229,13 +236,24 @@ def free_ablations(run: Path, ckpt: Path) -> dict[str, dict]:
     return rule_and_tta(t["probs"], t["probs_flip"], t["true"])
 
 
-def seed_ensemble(ckpts: dict[Path, Path]) -> dict[str, dict]:
+def seed_ensemble(ckpts: dict[Path, Path], split: str = "test") -> dict[str, dict]:
     """Decision rule x flip TTA on the average of several runs' probabilities (a k-model ensemble)."""
-    tests = [split_probabilities(run, ckpt) for run, ckpt in ckpts.items()]
+    tests = [split_probabilities(run, ckpt, split) for run, ckpt in ckpts.items()]
     true = tests[0]["true"]
     assert all(torch.equal(t["true"], true) for t in tests), "seeds were tested on different images"
     mean = {k: torch.stack([t[k] for t in tests]).mean(0) for k in ("probs", "probs_flip")}
     return rule_and_tta(mean["probs"], mean["probs_flip"], true)
+
+
+def row_ensemble(key: str, runs: dict[int, dict]) -> dict:
+    """A row's seeds as one ensemble (mean probabilities, the row's decision rule, no TTA) on validation
+    and test, beside the mean of its single models: what a student of those seeds could learn from."""
+    rule = OmegaConf.load(run_dir(key, min(runs)) / ".hydra" / "config.yaml").model.decision_rule
+    ckpts = {run_dir(key, s): Path(r["best_ckpt"]) for s, r in runs.items()}
+    out = {"seeds": sorted(runs), "rule": rule}
+    for split in ("val", "test"):
+        out[split] = seed_ensemble(ckpts, split)[f"{rule}, no TTA"]
+    return out
 
 
 def unfinished(run: Path) -> dict | None:
@@ -400,6 +418,16 @@ def collect(seeds: list[int], recorded: Path = RECORDED) -> dict:
     for key in ("noema_free_ablations", "noema_ensemble"):  # the previous recipe's, recorded earlier
         if key in earlier:
             results[key] = earlier[key]
+    ensembles = {}
+    for key in ENSEMBLE_ROWS:
+        row = results["rows"].get(key)
+        if row and len(row["seeds"]) > 1 and all(r.get("best_ckpt") and not r.get("recorded_earlier")
+                                                 for r in row["seeds"].values()):
+            ensembles[key] = row_ensemble(key, row["seeds"])
+        elif key in earlier.get("row_ensembles", {}):
+            ensembles[key] = {**earlier["row_ensembles"][key], "recorded_earlier": True}
+    if ensembles:
+        results["row_ensembles"] = ensembles
     results["serving"] = serving(results["rows"], earlier.get("serving"))
     allcount = allcount_results.collect(seeds, earlier.get("allcount"), RUNS)  # issue 26: one model, every count
     if allcount:
@@ -496,6 +524,18 @@ def markdown(results: dict) -> str:
                       "| decision rule, test-time augmentation | test acc | test RMSE |", "|---|---|---|"]  # fmt: skip
             for name, m in ens["rows"].items():
                 lines.append(f"| {name} | {fmt(m)} |")
+    if results.get("row_ensembles"):
+        lines += ["", "A row's seeds as one ensemble (mean probabilities, the row's rule, no TTA; 3x the inference "
+                  "cost) against its single models (mean over the same seeds):", "",
+                  "| row | seeds | ensemble: val acc | test acc | test RMSE | single: val acc | test acc | test RMSE |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for key, ens in results["row_ensembles"].items():
+            row = results["rows"].get(key, {})
+            single = row.get("over_seeds")
+            single_cells = (f"{100 * row['val_acc']['mean']:.1f} % | {100 * single['acc']['mean']:.1f} % | "
+                            f"{single['rmse']['mean']:.3f}") if single and row.get("val_acc") else "- | - | -"
+            lines.append(f"| {key} | {', '.join(map(str, ens['seeds']))} | {100 * ens['val']['acc']:.1f} % | "
+                         f"{fmt(ens['test'])} | {single_cells} |")
     lines += allcount_results.markdown(results.get("allcount"), results["rows"].get("main"))
     lines += ["", "Per count, test split (mean over the row's seeds):", ""]
     lines += class_table(results, ("noema", "main", "main_cuts", "ls", "countmap", "countmap_meta", "distill",

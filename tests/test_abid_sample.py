@@ -225,6 +225,36 @@ def test_a_more_than_5_model_is_scored_on_the_0_to_5_images_restricted_and_as_se
     assert out["as_served"]["rmse"] == pytest.approx(((1 + 4) / 3) ** 0.5)
 
 
+def test_a_rows_seeds_are_scored_as_one_ensemble_on_val_and_test(tmp_path, monkeypatch):
+    import torch
+
+    import benchmarks.abid_results as ab
+
+    monkeypatch.setattr(ab, "RUNS", tmp_path)
+    true = torch.tensor([2, 3])
+    views = {  # each seed alone misses the 2 (answers 3, then 1); their mean's expected count is 2.0
+        42: torch.tensor([[0, 0, 0, 1., 0, 0], [0, 0, 0, 1., 0, 0]]),
+        43: torch.tensor([[0, 1., 0, 0, 0, 0], [0, 0, 0, 1., 0, 0]]),
+    }
+    for seed in views:
+        (ab.run_dir("countmap_meta", seed) / ".hydra").mkdir(parents=True)
+        (ab.run_dir("countmap_meta", seed) / ".hydra" / "config.yaml").write_text("model:\n  decision_rule: expected\n")
+    seen = []
+
+    def probs(run, ckpt, split="test"):
+        seen.append((run.name, split))
+        p = views[int(run.name.rsplit("_s", 1)[1])]
+        return {"probs": p, "probs_flip": p, "true": true}
+
+    monkeypatch.setattr(ab, "split_probabilities", probs)
+    runs = {s: {"best_ckpt": f"epoch_00{s % 10}.ckpt"} for s in views}
+    out = ab.row_ensemble("countmap_meta", runs)
+    assert out["seeds"] == [42, 43] and out["rule"] == "expected"
+    assert out["val"]["acc"] == out["test"]["acc"] == 1.0 and out["test"]["rmse"] == 0.0
+    assert {split for _, split in seen} == {"val", "test"} and len(seen) == 4
+    assert ab.rule_and_tta(views[42], views[42], true)["expected, no TTA"]["acc"] == 0.5  # alone: one of two
+
+
 def test_diverged_training_stops_with_the_fix(bucket, tmp_path):
     cfg = small_recipe(bucket, tmp_path, "run", "model.optimizer.lr=1000", "trainer.max_epochs=2", "artifact_dir=null")
     with pytest.raises(FloatingPointError, match=r"diverged.*model.optimizer.lr \(now 1000.*data.drop_last=true"):
