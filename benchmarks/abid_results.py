@@ -525,8 +525,8 @@ def markdown(results: dict) -> str:
             for name, m in ens["rows"].items():
                 lines.append(f"| {name} | {fmt(m)} |")
     if results.get("row_ensembles"):
-        lines += ["", "A row's seeds as one ensemble (mean probabilities, the row's rule, no TTA; 3x the inference "
-                  "cost) against its single models (mean over the same seeds):", "",
+        lines += ["", "A row's seeds as one ensemble (mean probabilities, the row's rule, no TTA; one network per seed "
+                  "at inference) against its single models (mean over the same seeds):", "",
                   "| row | seeds | ensemble: val acc | test acc | test RMSE | single: val acc | test acc | test RMSE |",
                   "|---|---|---|---|---|---|---|---|"]
         for key, ens in results["row_ensembles"].items():
