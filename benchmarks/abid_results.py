@@ -11,7 +11,8 @@ horizontal-flip test-time augmentation; the same on the main recipe's seeds as o
 ``CUT_ROWS`` also get a "+ val-fitted count cuts" row: the same checkpoints, the count decided by
 cuts fitted on the validation split (``answers.count_cuts=true`` does exactly this after training).
 Val and test probabilities are cached per checkpoint in each run's ``{val,test}_probs.pt``.
-Rows trained with a "more than 5" class are scored on the same 0..5 images (``in_range``).
+Rows trained with a "more than 5" class are scored on the same 0..5 images (``in_range``); the
+seeds of the rows in ``ENSEMBLE_ROWS`` are also scored as one ensemble on validation and test.
 
 Rows and seeds whose runs are not on this machine keep the numbers recorded in
 ``benchmarks/results/abid_results.json`` (marked "recorded earlier"): same seed gives the same
@@ -137,6 +138,12 @@ def run_dir(key: str, seed: int) -> Path:
     return RUNS / f"abid_{key}_s{seed}"
 
 
+def run_config(run: Path):
+    """The composed config train.py saved for a run (None when the folder has none)."""
+    config = run / ".hydra" / "config.yaml"
+    return OmegaConf.load(config) if config.is_file() else None
+
+
 def command(key: str, seed: int) -> str:
     return " ".join(["python train.py", *ROWS[key][1], f"seed={seed}"])
 
@@ -248,7 +255,7 @@ def seed_ensemble(ckpts: dict[Path, Path], split: str = "test") -> dict[str, dic
 def row_ensemble(key: str, runs: dict[int, dict]) -> dict:
     """A row's seeds as one ensemble (mean probabilities, the row's decision rule, no TTA) on validation
     and test, beside the mean of its single models: what a student of those seeds could learn from."""
-    rule = OmegaConf.load(run_dir(key, min(runs)) / ".hydra" / "config.yaml").model.decision_rule
+    rule = run_config(run_dir(key, min(runs))).model.decision_rule
     ckpts = {run_dir(key, s): Path(r["best_ckpt"]) for s, r in runs.items()}
     out = {"seeds": sorted(runs), "rule": rule}
     for split in ("val", "test"):
@@ -262,7 +269,7 @@ def unfinished(run: Path) -> dict | None:
     ckpts = sorted((run / "checkpoints").glob("epoch_*.ckpt"))
     if not ckpts:
         return None
-    rule = OmegaConf.load(run / ".hydra" / "config.yaml").model.decision_rule
+    rule = run_config(run).model.decision_rule
     m = free_ablations(run, ckpts[-1])[f"{rule}, no TTA"]
     return {"metrics": m, "stopped_after_epoch": int(ckpts[-1].stem.split("_")[1]), "best_ckpt": str(ckpts[-1])}
 
@@ -299,8 +306,7 @@ def local_run(key: str, seed: int) -> dict | None:
         "best_ckpt": str(run_dir(key, seed) / "checkpoints" / Path(best).name) if best else None,  # folder may move
         "wall_s": float(wall.read_text()) if wall.is_file() else None,
     }
-    config = run_dir(key, seed) / ".hydra" / "config.yaml"
-    cfg = OmegaConf.load(config) if config.is_file() else None
+    cfg = run_config(run_dir(key, seed))
     if cfg is not None and cfg.data.get("overflow") and out["best_ckpt"]:  # with "more than 5": scored on 0..5 images
         scores = in_range(run_dir(key, seed), Path(out["best_ckpt"]), cfg.model.decision_rule)
         out.update(metrics=scores["test"], val_acc_best=scores["val"]["acc"], as_served=scores["as_served"])
