@@ -60,6 +60,8 @@ ENSEMBLE_ROWS = ("countmap_meta", "distill_countmap_meta_e30")  # the adopted st
 # measured before the EMA joined the recipe keep their commands exact with PLAIN.
 PLAIN = ["experiment=abid_sample", "callbacks.weight_averaging=null"]
 FAST = ["experiment=abid_sample", "model.channels_last=true"]
+COUNTMAP_META = [*FAST, "model.net.pooling=countmap", "data.metadata_dir=${paths.abid_sample}/metadata",
+                 "model.aux_weight=0.1"]
 ROWS: dict[str, tuple[str, list[str]]] = {
     "capstone": ("capstone recipe: frozen, sampler + loss weights, 10 % data, 50 epochs", ["experiment=abid_capstone"]),
     "main": ("this recipe: full fine-tune, plain CE, expected count, 160 px, 12 epochs cosine, "
@@ -92,8 +94,7 @@ ROWS: dict[str, tuple[str, list[str]]] = {
                       [*FAST, "model.net.pooling=countmap", "trainer.precision=bf16-mixed"]),
     "countmap_meta": ("this recipe, channels_last, count-map pooling + metadata auxiliary targets (distinct products, "
                       "volume, weight; weight 0.1)",
-                      [*FAST, "model.net.pooling=countmap", "data.metadata_dir=${paths.abid_sample}/metadata",
-                       "model.aux_weight=0.1"]),
+                      COUNTMAP_META),
     "countmap_synth": ("this recipe, channels_last, count-map pooling, started from a network pretrained on 3,000 "
                        "synthetic bins (experiment=synthetic_pretrain, 3 epochs; its time not counted)",
                        [*FAST, "model.net.pooling=countmap",
@@ -122,6 +123,13 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "student_224": ("the patient student at 224 px, the stored size (same teachers at 160 px), 16 epochs to stay "
                     "within 40 minutes", ["experiment=abid_sample_student", "data.image_size=224",
                                           "trainer.max_epochs=16"]),
+    # Out-of-fold teachers: seed 42 + k trains without fold k of 3 ("{fold}"), and answers for it only.
+    "oof_countmap_meta": ("countmap_meta trained without a third of the training images (seed 42 + k holds out fold "
+                          "k of 3): out-of-fold teachers", [*COUNTMAP_META, "data.folds=3", "data.held_out_fold={fold}"]),
+    "student_oof": ("the patient student distilled from the three out-of-fold teachers, each answering only for the "
+                    "third of the training images it never saw", ["experiment=abid_sample_student",
+                    "data.teachers=[" + ",".join(f"${{paths.log_dir}}/train/runs/abid_oof_countmap_meta_s{s}/model"
+                                                 for s in (42, 43, 44)) + "]"]),
     "student_e20": ("the patient student with 20 epochs instead of 30 and one loader worker instead of two (the "
                     "faster layout of 2 cores)", ["experiment=abid_sample_student", "trainer.max_epochs=20",
                                                   "data.num_workers=1"]),
@@ -144,8 +152,13 @@ def run_config(run: Path):
     return OmegaConf.load(config) if config.is_file() else None
 
 
+def overrides(key: str, seed: int) -> list[str]:
+    """A row's train.py overrides for one seed ("{fold}": the fold seed 42 + k holds out, k of 3)."""
+    return [arg.replace("{fold}", str((seed - 42) % 3)) for arg in ROWS[key][1]] + [f"seed={seed}"]
+
+
 def command(key: str, seed: int) -> str:
-    return " ".join(["python train.py", *ROWS[key][1], f"seed={seed}"])
+    return " ".join(["python train.py", *overrides(key, seed)])
 
 
 def train_row(key: str, seed: int) -> float:
@@ -155,7 +168,7 @@ def train_row(key: str, seed: int) -> float:
         return 0.0
     if key in STAGES and not (RUNS / STAGES[key][0] / "metrics.json").is_file():
         timed_train(STAGES[key][1], RUNS / STAGES[key][0])
-    return timed_train([*ROWS[key][1], f"seed={seed}"], out)
+    return timed_train(overrides(key, seed), out)
 
 
 def timed_train(overrides: list[str], out: Path) -> float:
@@ -322,7 +335,7 @@ def row_setup(key: str) -> dict:
     """What a row trains: epochs, input size, backbone and pooling (its composed train.py config)."""
     from src.utils.config import compose_config
 
-    cfg = compose_config("train", ROWS[key][1])
+    cfg = compose_config("train", overrides(key, 42)[:-1])
     net = cfg.model.net
     train = Path(cfg.data.data_dir) / "train"
     return {"epochs": int(cfg.trainer.max_epochs), "subset": float(cfg.data.get("subset") or 1.0),

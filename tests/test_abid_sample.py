@@ -37,10 +37,10 @@ def test_recipe_config_composes():
 
 
 def test_every_results_row_composes_so_a_typo_fails_here_not_hours_into_a_run():
-    from benchmarks.abid_results import ROWS
+    from benchmarks.abid_results import ROWS, overrides
 
-    for key, (_, overrides) in ROWS.items():
-        cfg = compose_cfg("train", overrides)
+    for key in ROWS:
+        cfg = compose_cfg("train", overrides(key, 42))
         whole = cfg.data.overflow  # every labelled image, "more than 5" the 7th class; scored on the 0..5 ones
         assert cfg.data.data_dir.endswith("data/abid_sample_overflow" if whole else "data/abid_sample"), key
         assert cfg.data.num_classes in ((7,) if whole else (None, 6)) and (not whole or cfg.data.prepare.overflow), key
@@ -51,6 +51,11 @@ def test_every_results_row_composes_so_a_typo_fails_here_not_hours_into_a_run():
     student = compose_cfg("train", ROWS["distill_countmap"][1])
     assert student.model.net.pooling == "countmap" and student.model.channels_last
     assert [Path(t).parent.name for t in student.data.teachers] == [f"abid_countmap_s{s}" for s in (42, 43, 44)]
+    # Out-of-fold teachers: seed 42 + k holds out fold k of 3; their student asks each about its own fold.
+    held_out = [compose_cfg("train", overrides("oof_countmap_meta", s)).data for s in (42, 43, 44)]
+    assert [(d.folds, d.held_out_fold) for d in held_out] == [(3, 0), (3, 1), (3, 2)]
+    student = compose_cfg("train", overrides("student_oof", 42))
+    assert [Path(t).parent.name for t in student.data.teachers] == [f"abid_oof_countmap_meta_s{s}" for s in (42, 43, 44)]
 
 
 def test_capstone_row_config_is_the_capstone_recipe_on_the_sample():

@@ -137,3 +137,26 @@ def test_dihedral_augmentation_draws_all_eight_symmetries_of_the_image():
     assert {symmetry(dihedral(image)) for _ in range(200)} == set(range(8))
     hflip = train_transform(8, hflip=True)  # the default: the image and its mirror only
     assert {symmetry(hflip(image)) for _ in range(50)} == {0, 1}
+
+
+def test_folds_come_from_names_alone_and_a_held_out_fold_is_left_out_of_training(synthetic_dir):
+    from src.data.split import fold_of
+
+    names = [f"{c}/img_{i:04d}.jpg" for c in range(6) for i in range(300)]
+    folds = [fold_of(n, 3) for n in names]
+    assert folds == [fold_of(n, 3) for n in reversed(names)][::-1]  # order and company do not matter
+    assert all(500 < folds.count(k) < 700 for k in range(3))  # 600 each, give or take
+    with pytest.raises(ValueError, match="folds must be an integer >= 2"):
+        fold_of("0/a.jpg", 1)
+
+    full = _dm(synthetic_dir)
+    names = full.datasets["train"].names
+    for k in range(3):
+        dm = _dm(synthetic_dir, folds=3, held_out_fold=k)
+        kept = {names[i] for i in dm.datasets["train"].indices}
+        assert kept == {n for n in names if fold_of(n, 3) != k}
+        assert sum(dm.class_counts) == len(kept) < len(names)
+    with pytest.raises(ValueError, match=r"needs data.folds.*data.folds=3 data.held_out_fold=0"):
+        _dm(synthetic_dir, held_out_fold=0)
+    with pytest.raises(ValueError, match=r"held_out_fold must be one of 0..2"):
+        _dm(synthetic_dir, folds=3, held_out_fold=3)

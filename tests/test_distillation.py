@@ -134,3 +134,47 @@ def test_the_distillation_experiment_reads_the_main_recipes_runs():
     assert cfg.data._target_ == "src.training.distillation.DistillDataModule"
     assert [t.rsplit("/", 2)[-2] for t in cfg.data.teachers] == [f"abid_main_s{s}" for s in (42, 43, 44)]
     assert cfg.model.criterion.distill_weight == 0.5 and cfg.callbacks.weight_averaging is not None
+
+
+def out_of_fold_teachers(root, folds: int, held_out: list[int | None]) -> list:
+    out = []
+    for seed, fold in enumerate(held_out):
+        torch.manual_seed(seed)
+        net = CountNet("resnet18", weights=None, num_classes=6).eval()
+        data = {"held_out": {"folds": folds, "fold": fold}} if fold is not None else {}
+        out.append(export_artifact(net, SIZE, "argmax", root / f"oof{seed}" / "model", provenance={"data": data}))
+    return out
+
+
+def test_out_of_fold_teachers_answer_only_for_the_images_they_never_saw(split, tmp_path):
+    from src.data.split import fold_of
+
+    teachers = out_of_fold_teachers(tmp_path, 2, [0, 1])
+    dataset = CountFolder(split, 6, eval_transform(SIZE))
+    probs = teacher_targets(teachers, dataset, tmp_path / "cache")
+    nets = [distillation.load_artifact(t)[0] for t in teachers]
+    folds = [fold_of(n, 2) for n in dataset.names]
+    assert set(folds) == {0, 1}
+    with torch.no_grad():
+        for i, fold in enumerate(folds):
+            x, _ = dataset[i]
+            mine, other = nets[fold](x[None]).softmax(-1)[0], nets[1 - fold](x[None]).softmax(-1)[0]
+            assert torch.allclose(probs[i, 0], mine, atol=1e-5)
+            assert not torch.allclose(probs[i, 0], other, atol=1e-3)
+
+
+def test_out_of_fold_teachers_must_cover_every_fold_and_not_mix_with_others(split, tmp_path):
+    dataset = CountFolder(split, 6, eval_transform(SIZE))
+    with pytest.raises(ValueError, match=r"No teacher holds out fold\(s\) \[2\] of 3"):
+        teacher_targets(out_of_fold_teachers(tmp_path / "a", 3, [0, 1]), dataset, tmp_path / "cache")
+    with pytest.raises(ValueError, match="mixed with teachers that saw every image"):
+        teacher_targets(out_of_fold_teachers(tmp_path / "b", 2, [0, None, 1]), dataset, tmp_path / "cache")
+
+
+def test_a_held_out_run_records_its_fold_in_the_artifact(tiny_cfg):
+    from src.inference.artifact import read_config
+
+    metrics, _ = train(tiny_cfg("data.folds=3", "data.held_out_fold=2"))
+    config = read_config(metrics["artifact_dir"])
+    assert config["provenance"]["data"]["held_out"] == {"folds": 3, "fold": 2}
+    assert 0 < sum(config["provenance"]["data"]["class_counts"].values()) < 180

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, WeightedRandomSampler,
 from src.data.images import CountFolder, tail_count_folders
 from src.data.labels import LabelSpace
 from src.data.metadata_targets import AUX_TARGETS, MetadataTargets, check_metadata_dir
+from src.data.split import fold_of
 from src.data.transforms import Preprocessing, build_transform
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,17 @@ def stratified_subset(targets: list[int], fraction: float, seed: int) -> list[in
     return sorted(keep)
 
 
+def check_held_out(folds: int | None, held_out_fold: int | None) -> None:
+    """``data.held_out_fold`` names one of ``data.folds`` (>= 2) folds, or is null."""
+    if held_out_fold is None:
+        return
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise ValueError(f"data.held_out_fold={held_out_fold} needs data.folds, the number of folds (2 or more), "
+                         f"got data.folds={folds!r}: e.g. data.folds=3 data.held_out_fold=0")
+    if isinstance(held_out_fold, bool) or not isinstance(held_out_fold, int) or not 0 <= held_out_fold < folds:
+        raise ValueError(f"data.held_out_fold must be one of 0..{folds - 1} (data.folds={folds}), got {held_out_fold!r}")
+
+
 class BinDataModule(pl.LightningDataModule):
     """Train/val/test loaders for count classification.
 
@@ -94,6 +106,8 @@ class BinDataModule(pl.LightningDataModule):
     ``data_dir`` first when it holds no finished preparation (no ``manifest.json``).
     ``metadata_dir`` (ABID's ``metadata/``): training batches end with one more item, the image's
     standardised auxiliary targets (``aux_targets`` names them; ``src.data.metadata_targets``).
+    ``held_out_fold`` (with ``folds``): train without that fold of the training split
+    (``src.data.split.fold_of``), e.g. an out-of-fold teacher that answers for those images only.
     """
 
     def __init__(
@@ -117,11 +131,14 @@ class BinDataModule(pl.LightningDataModule):
         overflow: bool = False,
         max_count: int | None = None,
         metadata_dir: str | None = None,
+        folds: int | None = None,
+        held_out_fold: int | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)
         if not 0.0 < subset <= 1.0:
             raise ValueError(f"data.subset must be in (0, 1], got {subset}")
+        check_held_out(folds, held_out_fold)
         self.labels = LabelSpace.resolve(max_count, overflow, num_classes)
         self.num_classes = self.labels.num_classes
         # The model's preprocessing (``use_preprocessing``); alone, data.image_size with ImageNet statistics.
@@ -166,6 +183,14 @@ class BinDataModule(pl.LightningDataModule):
             train = self._split("train", train=True)
             hp = self.hparams
             keep = stratified_subset(train.targets, hp.subset, hp.seed) if hp.subset < 1.0 else None
+            if hp.held_out_fold is not None:
+                if not hasattr(train, "names"):
+                    raise ValueError(f"data.held_out_fold needs the training images' names; {type(train).__name__} "
+                                     "has none (cached features): train on images, or set data.held_out_fold=null")
+                fold = [fold_of(name, hp.folds) for name in train.names]
+                keep = [i for i in (range(len(train)) if keep is None else keep) if fold[i] != hp.held_out_fold]
+                log.info("Fold %d of %d held out: training on %d of %d images", hp.held_out_fold, hp.folds,
+                         len(keep), len(train))
             if self.metadata_dir is not None:  # standardised on the training images used
                 train = MetadataTargets(train, self.metadata_dir, fit_on=keep)
             if keep is not None:

@@ -98,6 +98,11 @@ class CountFolder(ImageFolder):
                 len(self.skipped), root, *self.skipped[0],
             )
 
+    @property
+    def names(self) -> list[str]:
+        """Each sample's path relative to the split's folder (``3/<name>.jpg``): stable across machines."""
+        return [Path(p).relative_to(self.root).as_posix() for p, _ in self.samples]
+
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
         classes = LabelSpace(self.num_classes - 1 - self.overflow, self.overflow).folders
         class_to_idx = {c: i for i, c in enumerate(classes)}

@@ -124,3 +124,13 @@ def assign_splits(
                 assignment[n] = s
             start += deficit[s]
     return assignment
+
+
+
+def fold_of(name: str, folds: int) -> int:
+    """Which of ``folds`` folds a training image belongs to: a stable hash of its name alone, so a
+    teacher trained without fold k and a student that later asks it about fold k agree on every
+    image, even if images were added or removed in between (folds are equal only on average)."""
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise ValueError(f"folds must be an integer >= 2, got {folds!r}")
+    return int(hash_unit(f"fold\0{name}", 0) * folds)

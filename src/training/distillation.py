@@ -6,6 +6,11 @@ for every training image and for its mirror image, averaged over teachers, and c
 by the teachers' weights, their preprocessing and the split's image list. A rerun, or another
 student seed, loads the file and runs no teacher at all.
 
+Out-of-fold teachers (trained with ``data.folds``/``data.held_out_fold``, recorded in their
+artifact's provenance) each answer only for the fold of images they never saw: the student then
+learns what a model says about an unseen photo, not what it memorised (an ensemble of teachers
+that saw every image agrees with the labels on 88 % of them).
+
 Horizontal flips are the training augmentation, so :class:`TeacherTargets` flips the image itself
 (with the same draw ``RandomHorizontalFlip`` makes) and hands out the teachers' answer for exactly
 the image the student sees.
@@ -25,8 +30,16 @@ from tqdm import tqdm
 
 from src.data.datamodule import BinDataModule
 from src.data.images import CountFolder
+from src.data.split import fold_of
 from src.data.transforms import Preprocessing, eval_transform
-from src.inference.artifact import CONFIG_FILE, WEIGHTS_FILE, file_sha256, load_artifact, serving_preprocessing
+from src.inference.artifact import (
+    CONFIG_FILE,
+    PROVENANCE_KEY,
+    WEIGHTS_FILE,
+    file_sha256,
+    load_artifact,
+    serving_preprocessing,
+)
 from src.training.feature_cache import (
     IndexedImages,
     collate_valid,
@@ -57,6 +70,34 @@ def check_teachers(teachers: list[str | Path]) -> list[Path]:
     return paths
 
 
+def held_out(config: dict[str, Any]) -> dict[str, int] | None:
+    """``{"folds": k, "fold": i}`` of an out-of-fold teacher's artifact config, else None."""
+    return ((config.get(PROVENANCE_KEY) or {}).get("data") or {}).get("held_out")
+
+
+def check_folds(teachers: list[Path], configs: list[dict[str, Any]]) -> int | None:
+    """The number of folds of out-of-fold teachers (None: ordinary teachers). Out-of-fold teachers
+    must not be mixed with ordinary ones, must share one number of folds, and must hold out every fold
+    between them, else some training image would have no teacher that never saw it."""
+    folds = [held_out(c) for c in configs]
+    if not any(folds):
+        return None
+    hint = "train one teacher per fold: `python train.py ... data.folds=3 data.held_out_fold=<0, 1, 2>`"
+    if not all(folds):
+        plain = [str(t) for t, f in zip(teachers, folds, strict=True) if not f]
+        raise ValueError(f"Out-of-fold teachers mixed with teachers that saw every image ({', '.join(plain)}): "
+                         f"use one kind. {hint}")
+    counts = {f["folds"] for f in folds}
+    if len(counts) > 1:
+        raise ValueError(f"Out-of-fold teachers split the images into different numbers of folds {sorted(counts)}. {hint}")
+    (k,) = counts
+    missing = sorted(set(range(k)) - {f["fold"] for f in folds})
+    if missing:
+        raise ValueError(f"No teacher holds out fold(s) {missing} of {k}: those images would have no teacher "
+                         f"that never saw them. {hint}")
+    return k
+
+
 def teacher_key(teachers: list[Path], dataset: CountFolder) -> dict[str, Any]:
     """Everything the cached targets depend on: each teacher's weights and image size, and the images."""
     entries = []
@@ -64,6 +105,8 @@ def teacher_key(teachers: list[Path], dataset: CountFolder) -> dict[str, Any]:
         config = json.loads((t / CONFIG_FILE).read_text())
         entry = {"weights": config.get("weights_sha256") or file_sha256(t / WEIGHTS_FILE),
                  "image_size": int(config["image_size"])}
+        if held_out(config):
+            entry["held_out"] = held_out(config)
         prep = Preprocessing.from_dict(config.get("preprocessing"), int(config["image_size"]))
         if not prep.same_as(Preprocessing(prep.size)):  # classic preprocessing keeps earlier cache keys valid
             entry["preprocessing"] = prep.to_dict()
@@ -79,19 +122,27 @@ def teacher_key(teachers: list[Path], dataset: CountFolder) -> dict[str, Any]:
 @torch.inference_mode()
 def _teacher_probabilities(teachers: list[Path], dataset: CountFolder, batch_size: int, num_workers: int) -> torch.Tensor:
     """(N, 2, C) mean probabilities (each teacher's head, no temperature) of the teachers on each image
-    (0) and its mirror (1); NaN where undecodable.
+    (0) and its mirror (1); NaN where undecodable. Out-of-fold teachers answer only for their fold.
 
     Each image is decoded once per distinct teacher preprocessing, not once per teacher.
     """
-    loaded = [(net, serving_preprocessing(config)) for net, config in (load_artifact(t) for t in teachers)]
+    artifacts = [load_artifact(t) for t in teachers]
+    folds = check_folds(teachers, [config for _, config in artifacts])
+    names = dataset.names
+    # (teacher, which images it answers for): all of them, or the fold it was trained without
+    loaded = [(net, serving_preprocessing(config),
+               torch.ones(len(dataset), dtype=torch.bool) if folds is None else
+               torch.tensor([fold_of(n, folds) == held_out(config)["fold"] for n in names], dtype=torch.bool))
+              for net, config in artifacts]
     num_classes = loaded[0][0].num_classes
-    if any(net.num_classes != num_classes for net, _ in loaded):
-        raise ValueError(f"Teachers answer different label spaces: {[net.labels.describe() for net, _ in loaded]}")
+    if any(net.num_classes != num_classes for net, _, _ in loaded):
+        raise ValueError(f"Teachers answer different label spaces: {[net.labels.describe() for net, _, _ in loaded]}")
     total = torch.zeros(len(dataset), 2, num_classes)
+    answers = sum(mask.float() for _, _, mask in loaded)  # teachers per image
     decoded = torch.zeros(len(dataset), dtype=torch.bool)
-    preps = sorted({prep for _, prep in loaded}, key=lambda p: (p.size, p.interpolation, p.mean, p.std))
+    preps = sorted({prep for _, prep, _ in loaded}, key=lambda p: (p.size, p.interpolation, p.mean, p.std))
     for prep in preps:
-        nets = [net.to(memory_format=torch.channels_last) for net, p in loaded if p == prep]
+        nets = [(net.to(memory_format=torch.channels_last), mask) for net, p, mask in loaded if p == prep]
         images = copy.copy(dataset)  # the same file list, without walking the folder again
         images.transform = eval_transform(prep)
         loader = DataLoader(IndexedImages(images), batch_size=batch_size, num_workers=num_workers,
@@ -103,9 +154,12 @@ def _teacher_probabilities(teachers: list[Path], dataset: CountFolder, batch_siz
             decoded[idx] = True
             for side, view in enumerate((x, x.flip(-1))):
                 view = view.contiguous(memory_format=torch.channels_last)
-                total[idx, side] += sum(net.probabilities(net(view)) for net in nets)
+                for net, mask in nets:
+                    mine = mask[idx]
+                    if mine.any():
+                        total[idx[mine], side] += net.probabilities(net(view[mine]))
     total[~decoded] = float("nan")
-    return total / len(teachers)
+    return total / answers[:, None, None]
 
 
 def teacher_targets(teachers: list[str | Path], dataset: CountFolder, cache_dir: str | Path,
@@ -132,7 +186,7 @@ def teacher_targets(teachers: list[str | Path], dataset: CountFolder, cache_dir:
     log.info("Teacher ensemble on %d training images: argmax agrees with the label on %.1f %%", int(decoded.sum()),
              100 * agree)
     save_keyed(path, key, {"probs": probs, "label_agreement": agree,
-                           "paths": [str(Path(p).relative_to(dataset.root)) for p, _ in dataset.samples]})
+                           "paths": dataset.names})
     log.info("Teacher targets cached in %s", path)
     return probs
 
@@ -151,6 +205,10 @@ class TeacherTargets(Dataset):
         self.probs = probs
         self.hflip = hflip
         self.samples, self.targets = dataset.samples, dataset.targets  # what BinDataModule reads
+
+    @property
+    def names(self) -> list[str]:
+        return self.dataset.names
 
     def __len__(self) -> int:
         return len(self.dataset)

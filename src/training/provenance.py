@@ -59,6 +59,8 @@ def data_provenance(data_cfg: Mapping[str, Any], class_counts: list[int] | None 
                 info["source"] = str((info["prepare"] or {}).get("source", info["source"]))
             except (ValueError, AttributeError):
                 pass
+    if data_cfg.get("held_out_fold") is not None:  # an out-of-fold model: which images it never saw
+        info["held_out"] = {"folds": int(data_cfg["folds"]), "fold": int(data_cfg["held_out_fold"])}
     if class_counts is not None:
         info["class_counts"] = {str(k): int(n) for k, n in enumerate(class_counts)}
     return info
