@@ -146,12 +146,14 @@ def out_of_fold_teachers(root, folds: int, held_out: list[int | None]) -> list:
     return out
 
 
-def test_out_of_fold_teachers_answer_only_for_the_images_they_never_saw(split, tmp_path):
+def test_out_of_fold_teachers_answer_only_for_the_images_they_never_saw(split, tmp_path, caplog):
     from src.data.split import fold_of
 
     teachers = out_of_fold_teachers(tmp_path, 2, [0, 1])
     dataset = CountFolder(split, 6, eval_transform(SIZE))
-    probs = teacher_targets(teachers, dataset, tmp_path / "cache")
+    with caplog.at_level("INFO", logger="src.training.distillation"):
+        probs = teacher_targets(teachers, dataset, tmp_path / "cache")
+    assert "training images (each only on images it never saw): argmax agrees" in caplog.text
     nets = [distillation.load_artifact(t)[0] for t in teachers]
     folds = [fold_of(n, 2) for n in dataset.names]
     assert set(folds) == {0, 1}

@@ -170,7 +170,8 @@ def teacher_targets(teachers: list[str | Path], dataset: CountFolder, cache_dir:
     is written atomically.
     """
     teachers = check_teachers(teachers)
-    key, digest = key_digest(teacher_key(teachers, dataset))
+    fields = teacher_key(teachers, dataset)
+    key, digest = key_digest(fields)
     path = Path(cache_dir) / f"teachers-{digest}.pt"
     entry = load_keyed(path, key)
     if entry is not None:
@@ -183,10 +184,10 @@ def teacher_targets(teachers: list[str | Path], dataset: CountFolder, cache_dir:
     decoded = ~probs[:, 0, 0].isnan()
     targets = torch.tensor(dataset.targets)
     agree = (probs[decoded, 0].argmax(-1) == targets[decoded]).float().mean().item()
-    log.info("Teacher ensemble on %d training images: argmax agrees with the label on %.1f %%", int(decoded.sum()),
+    log.info("Teachers on %d training images%s: argmax agrees with the label on %.1f %%", int(decoded.sum()),
+             " (each only on images it never saw)" if any("held_out" in t for t in fields["teachers"]) else "",
              100 * agree)
-    save_keyed(path, key, {"probs": probs, "label_agreement": agree,
-                           "paths": dataset.names})
+    save_keyed(path, key, {"probs": probs, "label_agreement": agree, "paths": dataset.names})
     log.info("Teacher targets cached in %s", path)
     return probs
 
