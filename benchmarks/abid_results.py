@@ -123,6 +123,8 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "student_224": ("the patient student at 224 px, the stored size (same teachers at 160 px), 16 epochs to stay "
                     "within 40 minutes", ["experiment=abid_sample_student", "data.image_size=224",
                                           "trainer.max_epochs=16"]),
+    "countmap_meta_e30": ("countmap_meta trained 30 epochs, as long as the patient student, without teachers: is it "
+                          "the teachers or the schedule?", [*COUNTMAP_META, "trainer.max_epochs=30"]),
     # Out-of-fold teachers: seed 42 + k trains without fold k of 3 ("{fold}"), and answers for it only.
     "oof_countmap_meta": ("countmap_meta trained without a third of the training images (seed 42 + k holds out fold "
                           "k of 3): out-of-fold teachers", [*COUNTMAP_META, "data.folds=3", "data.held_out_fold={fold}"]),
@@ -338,7 +340,10 @@ def row_setup(key: str) -> dict:
     cfg = compose_config("train", overrides(key, 42)[:-1])
     net = cfg.model.net
     train = Path(cfg.data.data_dir) / "train"
-    return {"epochs": int(cfg.trainer.max_epochs), "subset": float(cfg.data.get("subset") or 1.0),
+    subset = float(cfg.data.get("subset") or 1.0)
+    if cfg.data.get("held_out_fold") is not None:  # out-of-fold: about (folds - 1) / folds of the images
+        subset *= (cfg.data.folds - 1) / cfg.data.folds
+    return {"epochs": int(cfg.trainer.max_epochs), "subset": subset,
             "train_images": None if train.parent == DATA else  # another preparation (e.g. with "more than 5")
             sum(1 for f in train.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS),
             "arch": arch_key(net.name, net.get("pooling") or "avg", int(cfg.data.image_size))}
@@ -408,7 +413,9 @@ def collect(seeds: list[int], recorded: Path = RECORDED) -> dict:
         setup = row_setup(key)
         row["arch"] = setup["arch"]
         walls = [r["wall_s"] for r in runs.values() if r.get("wall_s")]
-        if walls:  # effective: every training image once per epoch over the whole run (validation included)
+        if all(r.get("recorded_earlier") for r in runs.values()) and "train_images_per_s" in old:
+            row["train_images_per_s"] = old["train_images_per_s"]  # its data folder may not be on this machine
+        elif walls:  # effective: every training image once per epoch over the whole run (validation included)
             images = (setup["train_images"] or sum(results["train_counts"])) * setup["subset"] * setup["epochs"]
             row["train_images_per_s"] = round(images / statistics.fmean(walls), 1)
         vals = [r["val_acc_best"] for r in runs.values() if r.get("val_acc_best") is not None]
