@@ -126,7 +126,6 @@ def assign_splits(
     return assignment
 
 
-
 def fold_of(name: str, folds: int) -> int:
     """Which of ``folds`` folds a training image belongs to: a stable hash of its name alone, so a
     teacher trained without fold k and a student that later asks it about fold k agree on every

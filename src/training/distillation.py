@@ -105,8 +105,8 @@ def teacher_key(teachers: list[Path], dataset: CountFolder) -> dict[str, Any]:
         config = json.loads((t / CONFIG_FILE).read_text())
         entry = {"weights": config.get("weights_sha256") or file_sha256(t / WEIGHTS_FILE),
                  "image_size": int(config["image_size"])}
-        if held_out(config):
-            entry["held_out"] = held_out(config)
+        if fold := held_out(config):
+            entry["held_out"] = fold
         prep = Preprocessing.from_dict(config.get("preprocessing"), int(config["image_size"]))
         if not prep.same_as(Preprocessing(prep.size)):  # classic preprocessing keeps earlier cache keys valid
             entry["preprocessing"] = prep.to_dict()
@@ -156,8 +156,11 @@ def _teacher_probabilities(teachers: list[Path], dataset: CountFolder, batch_siz
                 view = view.contiguous(memory_format=torch.channels_last)
                 for net, mask in nets:
                     mine = mask[idx]
-                    if mine.any():
-                        total[idx[mine], side] += net.probabilities(net(view[mine]))
+                    if mine.all():  # ordinary teachers: the whole batch, no copy
+                        total[idx, side] += net.probabilities(net(view))
+                    elif mine.any():
+                        part = view[mine].contiguous(memory_format=torch.channels_last)
+                        total[idx[mine], side] += net.probabilities(net(part))
     total[~decoded] = float("nan")
     return total / answers[:, None, None]
 
