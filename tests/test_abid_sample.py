@@ -56,6 +56,11 @@ def test_every_results_row_composes_so_a_typo_fails_here_not_hours_into_a_run():
     assert [(d.folds, d.held_out_fold) for d in held_out] == [(3, 0), (3, 1), (3, 2)]
     student = compose_cfg("train", overrides("student_oof", 42))
     assert [Path(t).parent.name for t in student.data.teachers] == [f"abid_oof_countmap_meta_s{s}" for s in (42, 43, 44)]
+    # Sharper teachers: the 224 px seeds teach a 160 px student (each model keeps its own input size).
+    assert compose_cfg("train", overrides("countmap_meta_224", 43)).data.image_size == 224
+    student = compose_cfg("train", overrides("student_t224", 42))
+    assert student.data.image_size == 160
+    assert [Path(t).parent.name for t in student.data.teachers] == [f"abid_countmap_meta_224_s{s}" for s in (42, 43, 44)]
 
 
 def test_capstone_row_config_is_the_capstone_recipe_on_the_sample():
