@@ -114,16 +114,12 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "distill_countmap": ("count-map pooling, channels_last, distilled from the count-map row's three seeds "
                          "(weight 0.5, T 2; teachers' time not counted)",
                          ["experiment=abid_sample_distill", "model.channels_last=true", "model.net.pooling=countmap",
-                          "data.teachers=[${paths.log_dir}/train/runs/abid_countmap_s42/model,"
-                          "${paths.log_dir}/train/runs/abid_countmap_s43/model,"
-                          "${paths.log_dir}/train/runs/abid_countmap_s44/model]"]),
+                          teachers("countmap")]),
     "distill_countmap_meta": ("count-map pooling, channels_last, metadata auxiliary targets, distilled from the "
                               "countmap_meta row's three seeds (weight 0.5, T 2; teachers' time not counted)",
                               ["experiment=abid_sample_distill", "model.channels_last=true", "model.net.pooling=countmap",
                                "data.metadata_dir=${paths.abid_sample}/metadata", "model.aux_weight=0.1",
-                               "data.teachers=[${paths.log_dir}/train/runs/abid_countmap_meta_s42/model,"
-                               "${paths.log_dir}/train/runs/abid_countmap_meta_s43/model,"
-                               "${paths.log_dir}/train/runs/abid_countmap_meta_s44/model]"]),
+                               teachers("countmap_meta")]),
     "distill_countmap_meta_e30": ("the countmap_meta student (same teachers, weight 0.5, T 2) trained 30 epochs instead "
                                   "of 12: a patient student (experiment=abid_sample_student)",
                                   ["experiment=abid_sample_student"]),
