@@ -121,11 +121,11 @@ ROWS: dict[str, tuple[str, list[str]]] = {
                                "data.metadata_dir=${paths.abid_sample}/metadata", "model.aux_weight=0.1",
                                teachers("countmap_meta")]),
     "distill_countmap_meta_e30": ("the countmap_meta student (same teachers, weight 0.5, T 2) trained 30 epochs instead "
-                                  "of 12: a patient student (experiment=abid_sample_student)",
-                                  ["experiment=abid_sample_student"]),
+                                  "of 12: a patient student (experiment=abid_sample_student's first teachers)",
+                                  ["experiment=abid_sample_student", teachers("countmap_meta")]),
     "student_224": ("the patient student at 224 px, the stored size (same teachers at 160 px), 16 epochs to stay "
                     "within 40 minutes", ["experiment=abid_sample_student", "data.image_size=224",
-                                          "trainer.max_epochs=16"]),
+                                          "trainer.max_epochs=16", teachers("countmap_meta")]),
     "countmap_meta_e30": ("countmap_meta trained 30 epochs, as long as the patient student, without teachers: is it "
                           "the teachers or the schedule?", [*COUNTMAP_META, "trainer.max_epochs=30"]),
     # Out-of-fold teachers: seed 42 + k trains without fold k of 3 ("{fold}"), and answers for it only.
@@ -136,12 +136,15 @@ ROWS: dict[str, tuple[str, list[str]]] = {
                                                                teachers("oof_countmap_meta")]),
     "student_e20": ("the patient student with 20 epochs instead of 30 and one loader worker instead of two (the "
                     "faster layout of 2 cores)", ["experiment=abid_sample_student", "trainer.max_epochs=20",
-                                                  "data.num_workers=1"]),
+                                                  "data.num_workers=1", teachers("countmap_meta")]),
     # Sharper teachers: the main recipe gained 2.3 validation points at 224 px (seed 42), at 1.8x the time.
     "countmap_meta_224": ("countmap_meta at 224 px, the stored size: sharper teachers for the student",
                           [*COUNTMAP_META, "data.image_size=224"]),
     "student_t224": ("the patient student (160 px) distilled from the three 224 px countmap_meta seeds (the teachers "
-                     "see the stored 224 px image)", ["experiment=abid_sample_student", teachers("countmap_meta_224")]),
+                     "see the stored 224 px image): experiment=abid_sample_student",
+                     ["experiment=abid_sample_student"]),
+    "student_w08": ("the adopted student with the teachers' share of the loss at 0.8 instead of 0.5 (T 2)",
+                    ["experiment=abid_sample_student", "model.criterion.distill_weight=0.8"]),
 }
 
 

@@ -44,10 +44,18 @@ def test_every_results_row_composes_so_a_typo_fails_here_not_hours_into_a_run():
         whole = cfg.data.overflow  # every labelled image, "more than 5" the 7th class; scored on the 0..5 ones
         assert cfg.data.data_dir.endswith("data/abid_sample_overflow" if whole else "data/abid_sample"), key
         assert cfg.data.num_classes in ((7,) if whole else (None, 6)) and (not whole or cfg.data.prepare.overflow), key
-    student = compose_cfg("train", ROWS["distill_countmap_meta_e30"][1])  # issue 29's strongest single model
+    student = compose_cfg("train", ["experiment=abid_sample_student"])  # issue 29's strongest single model
     assert student.model.net.pooling == "countmap" and student.model.aux_weight == 0.1 and student.data.metadata_dir
     assert student.trainer.max_epochs == 30 and student.model.criterion.distill_weight == 0.5
-    assert [Path(t).parent.name for t in student.data.teachers] == [f"abid_countmap_meta_s{s}" for s in (42, 43, 44)]
+    # Its teachers see the stored 224 px image, it learns at 160 px (each model keeps its own input size).
+    assert student.data.image_size == 160
+    assert [Path(t).parent.name for t in student.data.teachers] == [f"abid_countmap_meta_224_s{s}" for s in (42, 43, 44)]
+    assert compose_cfg("train", overrides("countmap_meta_224", 43)).data.image_size == 224
+    assert compose_cfg("train", overrides("student_t224", 42)).data.teachers == student.data.teachers
+    # Rows measured with the first teachers (160 px) keep naming them.
+    for key in ("distill_countmap_meta", "distill_countmap_meta_e30", "student_224", "student_e20"):
+        teachers = compose_cfg("train", overrides(key, 42)).data.teachers
+        assert [Path(t).parent.name for t in teachers] == [f"abid_countmap_meta_s{s}" for s in (42, 43, 44)], key
     student = compose_cfg("train", ROWS["distill_countmap"][1])
     assert student.model.net.pooling == "countmap" and student.model.channels_last
     assert [Path(t).parent.name for t in student.data.teachers] == [f"abid_countmap_s{s}" for s in (42, 43, 44)]
@@ -56,11 +64,6 @@ def test_every_results_row_composes_so_a_typo_fails_here_not_hours_into_a_run():
     assert [(d.folds, d.held_out_fold) for d in held_out] == [(3, 0), (3, 1), (3, 2)]
     student = compose_cfg("train", overrides("student_oof", 42))
     assert [Path(t).parent.name for t in student.data.teachers] == [f"abid_oof_countmap_meta_s{s}" for s in (42, 43, 44)]
-    # Sharper teachers: the 224 px seeds teach a 160 px student (each model keeps its own input size).
-    assert compose_cfg("train", overrides("countmap_meta_224", 43)).data.image_size == 224
-    student = compose_cfg("train", overrides("student_t224", 42))
-    assert student.data.image_size == 160
-    assert [Path(t).parent.name for t in student.data.teachers] == [f"abid_countmap_meta_224_s{s}" for s in (42, 43, 44)]
 
 
 def test_capstone_row_config_is_the_capstone_recipe_on_the_sample():
