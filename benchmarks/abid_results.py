@@ -145,6 +145,8 @@ ROWS: dict[str, tuple[str, list[str]]] = {
                      ["experiment=abid_sample_student"]),
     "student_w08": ("the adopted student with the teachers' share of the loss at 0.8 instead of 0.5 (T 2)",
                     ["experiment=abid_sample_student", "model.criterion.distill_weight=0.8"]),
+    "student_aux03": ("the adopted student with the metadata targets' weight at 0.3 instead of 0.1",
+                      ["experiment=abid_sample_student", "model.aux_weight=0.3"]),
 }
 
 
