@@ -26,6 +26,7 @@ every row) to ``bench_out/`` (or the folder in ``BENCH_OUT``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -147,6 +148,12 @@ ROWS: dict[str, tuple[str, list[str]]] = {
                     ["experiment=abid_sample_student", "model.criterion.distill_weight=0.8"]),
     "student_aux03": ("the adopted student with the metadata targets' weight at 0.3 instead of 0.1",
                       ["experiment=abid_sample_student", "model.aux_weight=0.3"]),
+    "student_wd5e4": ("the adopted student with weight decay 5e-4 instead of 1e-4 (it peaks mid-schedule, then overfits)",
+                      ["experiment=abid_sample_student", "model.optimizer.weight_decay=5e-4"]),
+    "lite0_countmap_meta": ("countmap_meta with EfficientNet-Lite0 (timm, its own preprocessing) at half the "
+                            "learning rate (0.005): a stronger ImageNet backbone under the count-map recipe",
+                            [*COUNTMAP_META, "model=efficientnet_lite0", "model.net.weights=imagenet",
+                             "model.optimizer.lr=0.005"]),
 }
 
 
@@ -218,11 +225,13 @@ def constant_rows(data: Path = DATA) -> dict[str, dict]:
 
 
 @torch.no_grad()
-def _split_probabilities(ckpt: Path, split: str = "test") -> dict[str, torch.Tensor]:
+def _split_probabilities(ckpt: Path, split: str = "test", size: int | None = None) -> dict[str, torch.Tensor]:
     """One pass over a split with a run's checkpoint: softmax of each image and of its mirror.
-    The net is rebuilt from the checkpoint's own spec (pooling, preprocessing), as export.py does."""
+    The net is rebuilt from the checkpoint's own spec (pooling, preprocessing), as export.py does;
+    ``size`` evaluates at another input size than it was trained at (the rest of its preprocessing kept)."""
     net = load_checkpoint(ckpt).net
-    data = CountFolder(DATA / split, K, eval_transform(net.preprocessing))
+    prep = net.preprocessing if size is None else dataclasses.replace(net.preprocessing, size=size)
+    data = CountFolder(DATA / split, K, eval_transform(prep))
     loader = torch.utils.data.DataLoader(data, batch_size=64, num_workers=2)
     probs, probs_flip, true = [], [], []
     for x, y in loader:
@@ -287,6 +296,26 @@ def row_ensemble(key: str, runs: dict[int, dict]) -> dict:
     out = {"seeds": sorted(runs), "rule": rule}
     for split in ("val", "test"):
         out[split] = seed_ensemble(ckpts, split)[f"{rule}, no TTA"]
+    return out
+
+
+def input_sizes(keys: list[str], seeds: list[int], sizes: list[int]) -> dict:
+    """Each row's best checkpoints evaluated at other input sizes than they were trained at (FixRes's
+    question: does a model trained small answer better on a larger photo?), the row's decision rule."""
+    out: dict = {}
+    for key in keys:
+        for seed in seeds:
+            run = run_dir(key, seed)
+            r = local_run(key, seed)
+            if not r or not r["best_ckpt"]:
+                continue
+            rule = run_config(run).model.decision_rule
+            for split in ("val", "test"):
+                for size in sizes:
+                    t = _split_probabilities(Path(r["best_ckpt"]), split, size)
+                    m = metrics_from_confusion(confusion(t["true"], predict_counts(t["probs"], rule)))
+                    out.setdefault(key, {}).setdefault(str(seed), {}).setdefault(split, {})[str(size)] = m
+                    print(f"{key} seed {seed} {split} at {size} px: {m['acc']:.1%} / RMSE {m['rmse']:.3f}", flush=True)
     return out
 
 
@@ -361,13 +390,17 @@ def row_setup(key: str) -> dict:
             "arch": arch_key(net.name, net.get("pooling") or "avg", int(cfg.data.image_size))}
 
 
-def serving(rows: dict, earlier: dict | None) -> dict:
-    """Serving images/s of every architecture the rows train (``benchmarks/serving_speed.py``); an earlier
-    measurement is kept when it was taken on this kind of CPU."""
+def this_machine() -> dict:
     from benchmarks.bench_int8 import cpu_flags
     from benchmarks.run import hardware
 
-    here = {**hardware(), "cpu_flags": cpu_flags()}
+    return {**hardware(), "cpu_flags": cpu_flags()}
+
+
+def serving(rows: dict, earlier: dict | None) -> dict:
+    """Serving images/s of every architecture the rows train (``benchmarks/serving_speed.py``); an earlier
+    measurement is kept when it was taken on this kind of CPU."""
+    here = this_machine()
     same_cpu = earlier and earlier.get("hardware", {}).get("cpu") == here["cpu"]
     archs = dict(earlier["archs"]) if same_cpu else {}
     for row in rows.values():
@@ -622,14 +655,20 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", default=[*ROWS, "allcount"], choices=[*ROWS, "allcount"],
                         help="allcount: the every-count model (benchmarks/allcount_results.py)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
+    parser.add_argument("--input-sizes", nargs="+", type=int, metavar="PX",
+                        help="only evaluate the rows' trained seeds at these input sizes (input_sizes.json)")
     args = parser.parse_args()
+    out = Path(os.environ.get("BENCH_OUT", ROOT / "bench_out"))
+    out.mkdir(parents=True, exist_ok=True)
+    if args.input_sizes:
+        sizes = input_sizes(args.rows, args.seeds, args.input_sizes)
+        (out / "input_sizes.json").write_text(json.dumps({"hardware": this_machine(), "rows": sizes}, indent=2))
+        return
     if args.train:
         for seed in args.seeds:
             for key in args.rows:
                 allcount_results.train(seed) if key == "allcount" else train_row(key, seed)
     results = collect(args.seeds)
-    out = Path(os.environ.get("BENCH_OUT", ROOT / "bench_out"))
-    out.mkdir(parents=True, exist_ok=True)
     (out / "abid_results.json").write_text(json.dumps(results, indent=2))
     (out / "abid_results.md").write_text(markdown(results))
     frontier_plot(results, out / "frontier.png")

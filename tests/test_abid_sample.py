@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -203,6 +204,12 @@ def test_the_results_pass_rebuilds_a_learned_pooling_net_from_its_checkpoint(tmp
     x = torch.stack([ab.CountFolder(data / "test", 6, ab.eval_transform(net.preprocessing))[0][0]])
     with torch.no_grad():
         torch.testing.assert_close(out["probs"][:1], net(x).softmax(-1))
+    # The input-size probe: the same net fed larger photos, its normalisation kept.
+    big = ab._split_probabilities(ckpt, size=48)
+    x48 = torch.stack([ab.CountFolder(data / "test", 6, ab.eval_transform(replace(net.preprocessing, size=48)))[0][0]])
+    assert x48.shape[-1] == 48 and not torch.allclose(big["probs"], out["probs"])
+    with torch.no_grad():
+        torch.testing.assert_close(big["probs"][:1], net(x48).softmax(-1))
 
 
 def test_rule_and_tta_scores_each_view():
