@@ -6,7 +6,7 @@ from pathlib import Path
 
 # The one place the version lives: pyproject.toml and CHANGELOG.md match it (tests/test_packaging.py),
 # and model_config.json records it as provenance.version.
-__version__ = "0.5.5"
+__version__ = "0.5.6"
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # The Hydra configs find the repository through this variable (configs/paths/default.yaml).
