@@ -225,8 +225,9 @@ def constant_rows(data: Path = DATA) -> dict[str, dict]:
 
 
 @torch.no_grad()
-def _split_probabilities(ckpt: Path, split: str = "test", size: int | None = None) -> dict[str, torch.Tensor]:
-    """One pass over a split with a run's checkpoint: softmax of each image and of its mirror.
+def _split_probabilities(ckpt: Path, split: str = "test", size: int | None = None,
+                         mirror: bool = True) -> dict[str, torch.Tensor]:
+    """One pass over a split with a run's checkpoint: softmax of each image and (``mirror``) of its mirror.
     The net is rebuilt from the checkpoint's own spec (pooling, preprocessing), as export.py does;
     ``size`` evaluates at another input size than it was trained at (the rest of its preprocessing kept)."""
     net = load_checkpoint(ckpt).net
@@ -236,9 +237,11 @@ def _split_probabilities(ckpt: Path, split: str = "test", size: int | None = Non
     probs, probs_flip, true = [], [], []
     for x, y in loader:
         probs.append(net(x).softmax(-1))
-        probs_flip.append(net(torch.flip(x, dims=[-1])).softmax(-1))
+        if mirror:
+            probs_flip.append(net(torch.flip(x, dims=[-1])).softmax(-1))
         true.append(y)
-    return {"probs": torch.cat(probs), "probs_flip": torch.cat(probs_flip), "true": torch.cat(true)}
+    out = {"probs": torch.cat(probs), "true": torch.cat(true)}
+    return {**out, "probs_flip": torch.cat(probs_flip)} if mirror else out
 
 
 def split_probabilities(run: Path, ckpt: Path, split: str = "test") -> dict[str, torch.Tensor]:
@@ -312,7 +315,7 @@ def input_sizes(keys: list[str], seeds: list[int], sizes: list[int]) -> dict:
             rule = run_config(run).model.decision_rule
             for split in ("val", "test"):
                 for size in sizes:
-                    t = _split_probabilities(Path(r["best_ckpt"]), split, size)
+                    t = _split_probabilities(Path(r["best_ckpt"]), split, size, mirror=False)
                     m = metrics_from_confusion(confusion(t["true"], predict_counts(t["probs"], rule)))
                     out.setdefault(key, {}).setdefault(str(seed), {}).setdefault(split, {})[str(size)] = m
                     print(f"{key} seed {seed} {split} at {size} px: {m['acc']:.1%} / RMSE {m['rmse']:.3f}", flush=True)
